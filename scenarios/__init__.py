@@ -1,0 +1,1 @@
+"""Runnable end-to-end scenarios: ``python -m scenarios.NAME`` or ``vfl run NAME``."""

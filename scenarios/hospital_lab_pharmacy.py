@@ -1,0 +1,221 @@
+"""Hospital, HIV lab and pharmacy train one model on ACTG 320 without moving rows.
+
+The hospital holds demographics and the label (AIDS-defining event or death, ``censor``),
+the lab holds CD4 counts, the pharmacy holds the treatment arm and prior zidovudine use.
+Each holds a different, partly overlapping set of patients. They align patients with
+private set intersection, then train a split logistic-regression model. The run compares
+the vertical model with the hospital's own model and with a centralized model on pooled
+columns (the upper bound), and shows exactly what each party received.
+
+Outputs in --out: report.md, roc.png, training.png, bytes.png, result.json.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from vfl.config import TrainConfig
+from vfl.datasets import load_actg320
+from vfl.experiment import (
+    SAW_COLUMNS,
+    metrics_summary,
+    party_summary,
+    run_vertical_comparison,
+    saw_rows,
+)
+from vfl.models import ModelConfig
+from vfl.report import (
+    console,
+    markdown_table,
+    output_dir,
+    plot_bars,
+    plot_roc,
+    plot_training,
+    print_table,
+    scenario_parser,
+    write_json,
+)
+from vfl.tasks import Task
+
+NAME = "hospital_lab_pharmacy"
+MODEL_NAMES = {
+    "vfl": "vertical (3 parties)",
+    "local_only": "hospital only",
+    "centralized": "centralized (pooled)",
+}
+
+
+def build_parser():
+    parser = scenario_parser(NAME, __doc__)
+    parser.add_argument(
+        "--protocol",
+        default="plain",
+        choices=["plain"],
+        help="gradient exchange protocol (default: plain split learning)",
+    )
+    parser.add_argument(
+        "--bottom",
+        default="linear",
+        choices=["linear", "mlp"],
+        help="bottom models: linear (vertical logistic regression) or mlp",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="override the epoch count")
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    out = output_dir(args, NAME)
+    t0 = time.perf_counter()
+    progress = not args.no_progress
+    dataset = load_actg320(seed=args.seed)
+    model = (
+        ModelConfig("linear", "sum")
+        if args.bottom == "linear"
+        else ModelConfig("mlp", "linear", hidden=(16,), embed_dim=4)
+    )
+    epochs = args.epochs or (15 if args.quick else 40)
+    config = TrainConfig(
+        Task("binary"),
+        model,
+        epochs=epochs,
+        batch_size=64,
+        learning_rate=0.05,
+        seed=args.seed,
+        test_fraction=0.35,
+        protocol=args.protocol,
+    )
+    console.print(f"[bold]{NAME}[/]: {dataset.source}; parties {dataset.parties}")
+    run = run_vertical_comparison(dataset.tables, dataset.active, config, progress=progress)
+    seconds = time.perf_counter() - t0
+
+    parties = party_summary(run, dataset.tables)
+    metrics = metrics_summary(run)
+    transcript = run.federation.transcript.summary()
+    result = {
+        "scenario": NAME,
+        "protocol": config.protocol,
+        "aligned_rows": run.aligned_rows,
+        "seconds": seconds,
+        "seed": args.seed,
+        "config": config.to_json(),
+        "split": {"train": run.trainer.n_train, "test": run.trainer.n_test},
+        "parties": parties,
+        "metrics": metrics,
+        "align_seconds": run.align_seconds,
+        "transcript": transcript,
+    }
+
+    # -- printed summary ------------------------------------------------------------------
+    print_table(
+        f"ACTG 320 held-out ({run.trainer.n_test} patients)",
+        ["model", "AUC", "accuracy", "log-loss", "seconds"],
+        [
+            [
+                MODEL_NAMES[k],
+                r.metrics["auc"],
+                r.metrics["accuracy"],
+                r.metrics["log_loss"],
+                r.seconds,
+            ]
+            for k, r in run.results.items()
+        ],
+    )
+    print_table(
+        f"parties (aligned rows {run.aligned_rows}, PSI {run.align_seconds:.1f} s)",
+        ["party", "rows", "features", "bytes sent", "bytes received"],
+        [
+            [n, p["rows"], p["features"], p["bytes_sent"], p["bytes_received"]]
+            for n, p in parties.items()
+        ],
+    )
+    rows = saw_rows(run)
+    print_table("what each party saw", SAW_COLUMNS, rows)
+
+    # -- files ----------------------------------------------------------------------------
+    plot_roc(
+        {MODEL_NAMES[k]: r.roc() for k, r in run.results.items()},
+        out / "roc.png",
+        "ACTG 320: held-out ROC",
+    )
+    plot_training(
+        {MODEL_NAMES[k]: r.history.epoch_metrics for k, r in run.results.items()},
+        out / "training.png",
+        "auc",
+        "ACTG 320 training",
+    )
+    plot_bars(
+        {
+            n: {"sent": p["bytes_sent"] / 1e6, "received": p["bytes_received"] / 1e6}
+            for n, p in parties.items()
+        },
+        out / "bytes.png",
+        "MB",
+        "bytes per party",
+    )
+    gain = metrics["vfl"]["auc"] - metrics["local_only"]["auc"]
+    gap = metrics["vfl"]["auc"] - metrics["centralized"]["auc"]
+    report = f"""# Hospital, lab and pharmacy on ACTG 320
+
+{dataset.description}
+
+Protocol `{config.protocol}`, model `{config.model.bottom}` bottoms with a `{config.model.top}`
+top, {config.epochs} epochs, batch {config.batch_size}, Adam lr {config.learning_rate},
+seed {args.seed}. Private set intersection aligned **{run.aligned_rows}** patients
+in {run.align_seconds:.1f} s; {run.trainer.n_train} train and {run.trainer.n_test} held-out
+rows (hash-derived split). Total run time {seconds:.1f} s.
+
+## Held-out results
+
+{
+        markdown_table(
+            ["model", "AUC", "accuracy", "log-loss", "seconds"],
+            [
+                [
+                    MODEL_NAMES[k],
+                    r.metrics["auc"],
+                    r.metrics["accuracy"],
+                    r.metrics["log_loss"],
+                    r.seconds,
+                ]
+                for k, r in run.results.items()
+            ],
+        )
+    }
+The vertical model gains **{gain:+.3f} AUC** over the hospital alone and is
+**{gap:+.3f}** from the centralized upper bound.
+
+![ROC](roc.png)
+
+![training](training.png)
+
+## Parties
+
+{
+        markdown_table(
+            ["party", "rows held", "features", "bytes sent", "bytes received"],
+            [
+                [n, p["rows"], p["features"], p["bytes_sent"], p["bytes_received"]]
+                for n, p in parties.items()
+            ],
+        )
+    }
+![bytes](bytes.png)
+
+## What each party saw
+
+Every message crossed the in-memory transport as bytes. `plaintext-by-design` is a
+documented leak: cut-layer embeddings (every split model), the PSI output, and in the
+`plain` protocol the cut-layer gradients, which depend on the labels (the `paillier`
+protocol encrypts them).
+
+{markdown_table(SAW_COLUMNS, rows)}"""
+    (out / "report.md").write_text(report)
+    write_json(result, out / "result.json", args.json)
+    console.print(f"wrote {out}/report.md, roc.png, training.png, bytes.png, result.json")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

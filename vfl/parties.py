@@ -1,0 +1,466 @@
+"""The two roles of vertical training: the active party (labels, top model) and passive
+parties (features only).
+
+Each party keeps its rows, scaler, parameters and optimizer state to itself. What it tells
+anyone else leaves through a returned :class:`~vfl.messages.Message`, labelled:
+
+* passive -> active ``train.embedding``: the cut-layer embedding of the batch
+  (``plaintext-by-design``, the documented leak of every split model);
+* active -> passive ``train.cut_gradient`` in the ``plain`` protocol: dL/dh for the batch
+  (``plaintext-by-design`` and label-dependent: the norm/direction of these gradients reveal
+  labels, Li et al. 2021; the ``paillier`` protocol removes this);
+* everything to and from the coordinator: public control, counts and the losses/metrics the
+  active party chooses to report.
+
+The checkpoint methods (:meth:`snapshot`, :meth:`restore`) are party-local: in a
+deployment each party writes its own checkpoint to its own disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vfl.config import TrainConfig
+from vfl.errors import (
+    CheckpointError,
+    LabelAtPassivePartyError,
+    PayloadShapeError,
+    ProtocolError,
+)
+from vfl.messages import COORDINATOR, Label, Message
+from vfl.models import ModelHandle, make_bottom, make_top
+from vfl.optim import make_optimizer
+from vfl.party import handles
+from vfl.psi import PSIParticipant
+from vfl.schedule import BatchSchedule, ids_digest, split_test
+from vfl.table import PartyTable, Standardizer
+
+
+@dataclass
+class PartyState:
+    """Everything a party needs to continue training after a round (checkpoint content)."""
+
+    party: str
+    round: int  # last completed round, -1 before training
+    params: dict[str, Any]  # nested dict of numpy arrays
+    opt_state: list[np.ndarray]  # optax state leaves, in the party's own tree order
+    rng: np.ndarray  # the party's base PRNG key data
+    config_digest: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def party_key(seed: int, name: str):
+    """The party's own PRNG key, derived from the public seed and its name."""
+    salt = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+    return jax.random.fold_in(jax.random.key(seed), salt)
+
+
+class TrainingParty(PSIParticipant):
+    """What active and passive parties share: alignment, split, scaling, schedule."""
+
+    def __init__(self, name: str, table: PartyTable):
+        super().__init__(name, ids=table.ids)
+        self.table = table
+        self.aligned_ids: np.ndarray | None = None
+        self.config: TrainConfig | None = None
+        self._scoring: PartyTable | None = None
+
+    # -- alignment -------------------------------------------------------------------------
+    def on_aligned(self, aligned_ids: np.ndarray) -> None:
+        self.aligned_ids = np.asarray(aligned_ids, dtype=object)
+
+    def set_alignment(self, aligned_ids) -> None:
+        """Local shortcut for a one-party run (baselines), where there is nothing to align."""
+        self.on_aligned(np.asarray(aligned_ids, dtype=object))
+
+    # -- setup -----------------------------------------------------------------------------
+    def _setup_common(self, config: TrainConfig) -> None:
+        if self.aligned_ids is None:
+            raise ProtocolError(f"{self.name!r} cannot set up training before alignment")
+        self.config = config
+        aligned = self.table.rows(self.aligned_ids)
+        test = split_test(aligned.ids, config.seed, config.test_fraction)
+        self.train_rows = aligned.rows(aligned.ids[~test])
+        self.test_rows = aligned.rows(aligned.ids[test])
+        self.scaler = Standardizer.fit(self.train_rows.features)
+        self.x_train = self.scaler.transform(self.train_rows.features).astype(np.float32)
+        self.schedule = BatchSchedule(
+            self.train_rows.ids, config.seed, config.batch_size, config.epochs
+        )
+        self.key = party_key(config.seed, self.name)
+        self.tx = make_optimizer(config.optimizer, config.learning_rate)
+        self.completed_round = -1
+        self.reset_rounds(None)
+
+    def _batch(self, round: int):
+        """Padded feature batch, row mask, real row count and batch digest for ``round``."""
+        pos = self.schedule.positions(round)
+        b = self.config.batch_size
+        x = np.zeros((b, self.x_train.shape[1]), dtype=np.float32)
+        x[: len(pos)] = self.x_train[pos]
+        mask = np.zeros((b,), dtype=np.float32)
+        mask[: len(pos)] = 1.0
+        return pos, x, mask, ids_digest(self.train_rows.ids[pos])
+
+    def _scoring_features(self, payload) -> tuple[np.ndarray, np.ndarray]:
+        split = payload.get("split")
+        if split == "test":
+            rows = self.test_rows
+        elif split == "train":
+            rows = self.train_rows
+        else:
+            source = self._scoring if self._scoring is not None else self.table
+            rows = source.rows(list(payload["ids"]))
+        return rows.ids, self.scaler.transform(rows.features).astype(np.float32)
+
+    def load_scoring_table(self, table: PartyTable) -> None:
+        """Local: new rows to score later. Their columns must equal the training columns."""
+        table.check_schema(self.table.columns)
+        self._scoring = table
+
+    # -- checkpoint (party-local) ----------------------------------------------------------
+    def _check_restorable(self, state: PartyState) -> None:
+        if state.party != self.name:
+            raise CheckpointError(f"checkpoint of {state.party!r} cannot restore {self.name!r}")
+        if self.config is None or state.config_digest != self.config.digest():
+            raise CheckpointError(
+                f"checkpoint for {self.name!r} was taken under another training config; "
+                "set up training with the same config before restoring"
+            )
+
+    def _opt_leaves(self, opt_state) -> list[np.ndarray]:
+        return [np.asarray(x) for x in jax.tree.leaves(opt_state)]
+
+    def _opt_from_leaves(self, template, leaves):
+        treedef = jax.tree.structure(template)
+        if treedef.num_leaves != len(leaves):
+            raise CheckpointError("optimizer state in the checkpoint has the wrong structure")
+        return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in leaves])
+
+
+class PassiveParty(TrainingParty):
+    """A feature holder without labels (the lab, the pharmacy)."""
+
+    def __init__(self, name: str, table: PartyTable):
+        if table.has_labels:
+            raise LabelAtPassivePartyError(
+                f"passive party {name!r} was given the label column {table.label_name!r}. "
+                "Only the active party may hold labels: drop the column from this table "
+                "(table.without_labels()) or make this party the active one."
+            )
+        super().__init__(name, table)
+
+    @handles("train.setup")
+    def on_setup(self, msg: Message) -> list[Message]:
+        config = TrainConfig.from_json(msg.payload["config"])
+        self._setup_common(config)
+        self.active = msg.payload["active"]
+        module = make_bottom(
+            config.model, self.table.n_features, config.task.n_outputs, self.key
+        )
+        self.bottom = ModelHandle(module)
+        self.params = self.bottom.params
+        self.opt_state = self.tx.init(self.params)
+        bottom, tx = self.bottom, self.tx
+        self._forward = jax.jit(bottom.apply)
+
+        def backward(params, opt_state, x, g):
+            _, vjp = jax.vjp(lambda p: bottom.apply(p, x), params)
+            (grads,) = vjp(g)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        self._backward = jax.jit(backward)
+        self._pending: tuple[int, np.ndarray, np.ndarray, int] | None = None
+        return [
+            self.send(
+                COORDINATOR,
+                "train.ready",
+                Label.PUBLIC,
+                {"n_train": len(self.train_rows.ids), "n_test": len(self.test_rows.ids)},
+            )
+        ]
+
+    @handles("train.forward")
+    def on_forward(self, msg: Message) -> list[Message]:
+        r = msg.round
+        pos, x, mask, digest = self._batch(r)
+        h = np.asarray(self._forward(self.params, x))[: len(pos)]
+        self._pending = (r, x, mask, len(pos))
+        return [
+            self.send(
+                self.active,
+                "train.embedding",
+                Label.PLAINTEXT_BY_DESIGN,
+                {"h": h, "batch_digest": digest},
+                round=r,
+            )
+        ]
+
+    @handles("train.cut_gradient")
+    def on_cut_gradient(self, msg: Message) -> list[Message]:
+        if self._pending is None or self._pending[0] != msg.round:
+            raise ProtocolError(
+                f"{self.name!r} got a gradient for round {msg.round} without a forward pass"
+            )
+        r, x, mask, n_real = self._pending
+        g = np.asarray(msg.payload["g"], dtype=np.float32)
+        width = self.config.model.embedding_width(self.config.task.n_outputs)
+        if g.shape != (n_real, width):
+            raise PayloadShapeError(
+                f"{self.name!r} expected a cut-layer gradient of shape {(n_real, width)} from "
+                f"{msg.sender!r} in round {r}, got {g.shape}; the round is rejected and no "
+                "parameter changed"
+            )
+        if not np.isfinite(g).all():
+            raise PayloadShapeError(f"gradient from {msg.sender!r} in round {r} is not finite")
+        padded = np.zeros((len(mask), width), dtype=np.float32)
+        padded[:n_real] = g
+        self.params, self.opt_state = self._backward(self.params, self.opt_state, x, padded)
+        self._pending = None
+        self.completed_round = r
+        return [self.send(COORDINATOR, "train.ack", Label.PUBLIC, {}, round=r)]
+
+    @handles("predict.forward")
+    def on_predict(self, msg: Message) -> list[Message]:
+        ids, x = self._scoring_features(msg.payload)
+        h = np.asarray(self._forward(self.params, x)) if len(x) else np.zeros((0, 1), np.float32)
+        return [
+            self.send(
+                self.active,
+                "predict.embedding",
+                Label.PLAINTEXT_BY_DESIGN,
+                {"h": h, "ids_digest": ids_digest(ids)},
+            )
+        ]
+
+    def used_ids(self, round: int) -> tuple[str, ...]:
+        return tuple(self.schedule.round_ids(round))
+
+    def snapshot(self) -> PartyState:
+        return PartyState(
+            self.name,
+            self.completed_round,
+            self.bottom.export(self.params),
+            self._opt_leaves(self.opt_state),
+            np.asarray(jax.random.key_data(self.key)),
+            self.config.digest(),
+        )
+
+    def restore(self, state: PartyState) -> None:
+        self._check_restorable(state)
+        params = self.bottom.load(state.params)
+        opt_state = self._opt_from_leaves(self.opt_state, state.opt_state)
+        self.params, self.opt_state = params, opt_state
+        self.completed_round = state.round
+        self._pending = None
+        self.reset_rounds(state.round)
+
+
+class ActiveParty(TrainingParty):
+    """The label holder (the hospital): its own bottom model plus the top model."""
+
+    def __init__(self, name: str, table: PartyTable):
+        super().__init__(name, table)
+        if not table.has_labels:
+            raise ProtocolError(
+                f"active party {name!r} needs the label column; build its table with "
+                "label_column=..."
+            )
+
+    @handles("train.setup")
+    def on_setup(self, msg: Message) -> list[Message]:
+        config = TrainConfig.from_json(msg.payload["config"])
+        self._setup_common(config)
+        task = config.task
+        self.passives: list[str] = list(msg.payload["passives"])
+        self.y_train = task.check_labels(self.train_rows.labels)
+        k_bottom, k_top = jax.random.split(self.key)
+        self.bottom = ModelHandle(
+            make_bottom(config.model, self.table.n_features, task.n_outputs, k_bottom)
+        )
+        self.top = ModelHandle(
+            make_top(config.model, 1 + len(self.passives), task.n_outputs, k_top)
+        )
+        self.params = (self.bottom.params, self.top.params)
+        self.opt_state = self.tx.init(self.params)
+        bottom, top, tx = self.bottom, self.top, self.tx
+
+        def logits_fn(params, x, hs):
+            return top.apply(params[1], [bottom.apply(params[0], x), *hs])
+
+        def step(params, opt_state, x, y, mask, hs):
+            def loss_fn(p, h):
+                return task.loss(logits_fn(p, x, h), y, mask)
+
+            loss, (g_params, g_hs) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, hs)
+            updates, opt_state = tx.update(g_params, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss, g_hs
+
+        self._step = jax.jit(step)
+        self._predict = jax.jit(lambda p, x, hs: task.predict(logits_fn(p, x, hs)))
+        self._inbox: dict[str, np.ndarray] = {}
+        self._inbox_round: int | None = None
+        self._predict_inbox: dict[str, np.ndarray] = {}
+        return [
+            self.send(
+                COORDINATOR,
+                "train.ready",
+                Label.PUBLIC,
+                {"n_train": len(self.train_rows.ids), "n_test": len(self.test_rows.ids)},
+            )
+        ]
+
+    def _width(self) -> int:
+        return self.config.model.embedding_width(self.config.task.n_outputs)
+
+    @handles("train.embedding")
+    def on_embedding(self, msg: Message) -> list[Message]:
+        r = msg.round
+        if msg.sender not in self.passives:
+            raise ProtocolError(f"{msg.sender!r} is not a passive party of this training run")
+        pos, _, _, digest = self._batch(r)
+        if msg.payload["batch_digest"] != digest:
+            raise ProtocolError(
+                f"{msg.sender!r} used different rows in round {r}; the parties' aligned ids "
+                "or seeds disagree. Re-run alignment and setup."
+            )
+        h = np.asarray(msg.payload["h"], dtype=np.float32)
+        if h.shape != (len(pos), self._width()):
+            raise PayloadShapeError(
+                f"embedding from {msg.sender!r} in round {r} has shape {h.shape}, expected "
+                f"{(len(pos), self._width())}; the round is rejected"
+            )
+        if self._inbox_round != r:
+            self._inbox, self._inbox_round = {}, r
+        self._inbox[msg.sender] = h
+        return []
+
+    @handles("train.step")
+    def on_step(self, msg: Message) -> list[Message]:
+        r = msg.round
+        missing = [p for p in self.passives if self._inbox_round != r or p not in self._inbox]
+        if missing:
+            raise ProtocolError(f"round {r}: no embedding yet from {missing}")
+        pos, x, mask, _ = self._batch(r)
+        b = self.config.batch_size
+        y = np.zeros((b,), dtype=self.y_train.dtype)
+        y[: len(pos)] = self.y_train[pos]
+        hs = []
+        for p in self.passives:
+            h = np.zeros((b, self._width()), dtype=np.float32)
+            h[: len(pos)] = self._inbox[p]
+            hs.append(h)
+        self.params, self.opt_state, loss, g_hs = self._step(
+            self.params, self.opt_state, x, y, mask, hs
+        )
+        self._inbox, self._inbox_round = {}, None
+        self.completed_round = r
+        out = [
+            self.send(
+                p,
+                "train.cut_gradient",
+                Label.PLAINTEXT_BY_DESIGN,
+                {"g": np.asarray(g)[: len(pos)]},
+                round=r,
+                label_dependent=True,
+            )
+            for p, g in zip(self.passives, g_hs)
+        ]
+        out.append(
+            self.send(
+                COORDINATOR,
+                "train.round_done",
+                Label.PLAINTEXT_BY_DESIGN,
+                {"loss": float(loss)},
+                round=r,
+                label_dependent=True,
+            )
+        )
+        return out
+
+    @handles("predict.embedding")
+    def on_predict_embedding(self, msg: Message) -> list[Message]:
+        self._predict_inbox[msg.sender] = (
+            np.asarray(msg.payload["h"], dtype=np.float32),
+            msg.payload["ids_digest"],
+        )
+        return []
+
+    def _scores(self, payload) -> tuple[np.ndarray, np.ndarray]:
+        ids, x = self._scoring_features(payload)
+        hs = []
+        for p in self.passives:
+            if p not in self._predict_inbox:
+                raise ProtocolError(f"no prediction embedding from {p!r}")
+            h, digest = self._predict_inbox.pop(p)
+            if digest != ids_digest(ids) or h.shape != (len(ids), self._width()):
+                raise PayloadShapeError(
+                    f"prediction embedding from {p!r} does not match the {len(ids)} rows "
+                    "being scored"
+                )
+            hs.append(h)
+        return ids, np.asarray(self._predict(self.params, x, hs))
+
+    @handles("predict.run")
+    def on_predict_run(self, msg: Message) -> list[Message]:
+        ids, scores = self._scores(msg.payload)
+        return [
+            self.send(
+                COORDINATOR,
+                "predict.scores",
+                Label.PLAINTEXT_BY_DESIGN,
+                {"ids": list(ids), "scores": scores},
+                label_dependent=True,
+            )
+        ]
+
+    @handles("eval.run")
+    def on_eval(self, msg: Message) -> list[Message]:
+        """Metrics on a split, computed where the labels are; only aggregates leave."""
+        ids, scores = self._scores(msg.payload)
+        rows = self.test_rows if msg.payload.get("split") == "test" else self.train_rows
+        labels = self.config.task.check_labels(rows.labels)
+        result = self.config.task.evaluate(scores, labels)
+        payload = {"metrics": result, "n": len(ids)}
+        if msg.payload.get("with_scores"):
+            # The operator of the active party asked for its own scores and labels for plots.
+            payload["scores"], payload["labels"] = scores, labels
+        return [
+            self.send(
+                COORDINATOR,
+                "eval.metrics",
+                Label.PLAINTEXT_BY_DESIGN,
+                payload,
+                label_dependent=True,
+            )
+        ]
+
+    def used_ids(self, round: int) -> tuple[str, ...]:
+        return tuple(self.schedule.round_ids(round))
+
+    def snapshot(self) -> PartyState:
+        return PartyState(
+            self.name,
+            self.completed_round,
+            {"bottom": self.bottom.export(self.params[0]), "top": self.top.export(self.params[1])},
+            self._opt_leaves(self.opt_state),
+            np.asarray(jax.random.key_data(self.key)),
+            self.config.digest(),
+        )
+
+    def restore(self, state: PartyState) -> None:
+        self._check_restorable(state)
+        params = (self.bottom.load(state.params["bottom"]), self.top.load(state.params["top"]))
+        opt_state = self._opt_from_leaves(self.opt_state, state.opt_state)
+        self.params, self.opt_state = params, opt_state
+        self.completed_round = state.round
+        self._inbox, self._inbox_round = {}, None
+        self.reset_rounds(state.round)

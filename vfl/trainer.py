@@ -1,0 +1,186 @@
+"""The round-based split trainer and its checkpoint contract (DESIGN section 6).
+
+One round is one mini-batch step. In round ``r`` every party takes the rows that
+:class:`~vfl.schedule.BatchSchedule` assigns to ``r`` (a pure function of the public seed,
+``r`` and the aligned ids) and the protocol runs:
+
+1. coordinator -> passive ``train.forward``; passive -> active ``train.embedding``;
+2. coordinator -> active ``train.step``; active -> passive ``train.cut_gradient`` and
+   active -> coordinator ``train.round_done``; passive -> coordinator ``train.ack``.
+
+Checkpoint contract. After round ``r`` completes, ``on_round_end(record)`` is called with
+a :class:`RoundRecord` holding ``r``, every party's :class:`~vfl.parties.PartyState`
+after ``r`` (fresh copies, safe to keep), and per party the tuple of ids whose rows round
+``r`` used. The state after ``r`` depends only on the seed, the state after ``r - 1`` and
+those rows, so ``fit(resume_from=record)`` continues at ``r + 1`` and ends bitwise equal to
+an uninterrupted run. States are collected by party-local calls; in a deployment each party
+runs the callback on its own side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vfl.config import TrainConfig
+from vfl.errors import CheckpointError, ProtocolError
+from vfl.federation import Federation
+from vfl.parties import PartyState
+from vfl.progress import progress_bar
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    epoch: int
+    states: dict[str, PartyState]
+    ids_used: dict[str, tuple[str, ...]]
+    loss: float
+    config_digest: str
+
+
+@dataclass
+class TrainHistory:
+    loss: list[float] = field(default_factory=list)
+    epoch_metrics: list[dict] = field(default_factory=list)
+    rounds: int = 0
+    seconds: float = 0.0
+
+
+CheckpointCallback = Callable[[RoundRecord], None]
+
+
+class SplitTrainer:
+    """Drives split training through the coordinator; never touches a party's data."""
+
+    def __init__(self, federation: Federation, config: TrainConfig):
+        self.federation = federation
+        self.config = config
+        self.coordinator = federation.coordinator
+        self._setup_done = False
+        self.n_train = 0
+
+    def setup(self) -> None:
+        fed = self.federation
+        replies = self.coordinator.exchange(
+            [
+                self.coordinator.request(
+                    name,
+                    "train.setup",
+                    {
+                        "config": self.config.to_json(),
+                        "active": fed.active,
+                        "passives": fed.passives,
+                    },
+                )
+                for name in fed.names
+            ]
+        )
+        counts = {(m.payload["n_train"], m.payload["n_test"]) for m in replies}
+        if len(counts) != 1:
+            raise ProtocolError(f"parties disagree on the train/test split sizes: {counts}")
+        self.n_train, self.n_test = counts.pop()
+        if self.n_train == 0:
+            raise ProtocolError("no training rows after the split; lower test_fraction")
+        self._setup_done = True
+
+    @property
+    def n_rounds(self) -> int:
+        spe = max(1, -(-self.n_train // self.config.batch_size))
+        return self.config.epochs * spe
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, -(-self.n_train // self.config.batch_size))
+
+    def run_round(self, r: int) -> float:
+        fed, c = self.federation, self.coordinator
+        c.exchange([c.request(p, "train.forward", round=r) for p in fed.passives])
+        replies = c.exchange([c.request(fed.active, "train.step", round=r)])
+        done = [m for m in replies if m.kind == "train.round_done"]
+        acks = {m.sender for m in replies if m.kind == "train.ack"}
+        if len(done) != 1 or acks != set(fed.passives):
+            raise ProtocolError(f"round {r} did not complete at every party")
+        return float(done[0].payload["loss"])
+
+    def snapshot(self, r: int, loss: float) -> RoundRecord:
+        fed = self.federation
+        return RoundRecord(
+            round=r,
+            epoch=r // self.steps_per_epoch,
+            states={n: fed.parties[n].snapshot() for n in fed.names},
+            ids_used={n: fed.parties[n].used_ids(r) for n in fed.names},
+            loss=loss,
+            config_digest=self.config.digest(),
+        )
+
+    def restore(self, record: RoundRecord) -> None:
+        if record.config_digest != self.config.digest():
+            raise CheckpointError(
+                "the checkpoint was taken under a different training config; resume with the "
+                "config it was trained with"
+            )
+        missing = set(self.federation.names) - set(record.states)
+        if missing:
+            raise CheckpointError(f"the checkpoint has no state for {sorted(missing)}")
+        for name in self.federation.names:
+            self.federation.parties[name].restore(record.states[name])
+
+    def fit(
+        self,
+        *,
+        on_round_end: CheckpointCallback | None = None,
+        resume_from: RoundRecord | None = None,
+        stop_after: int | None = None,
+        eval_every_epoch: bool = False,
+        progress: bool = True,
+        description: str = "training",
+    ) -> TrainHistory:
+        """Train for ``config.epochs`` epochs (or until round ``stop_after``, inclusive)."""
+        if not self._setup_done:
+            self.setup()
+        start = 0
+        if resume_from is not None:
+            self.restore(resume_from)
+            start = resume_from.round + 1
+        history = TrainHistory()
+        t0 = time.perf_counter()
+        last = self.n_rounds - 1 if stop_after is None else min(stop_after, self.n_rounds - 1)
+        with progress_bar(description, total=self.n_rounds, enabled=progress) as bar:
+            bar.advance(start)
+            for r in range(start, last + 1):
+                loss = self.run_round(r)
+                history.loss.append(loss)
+                if on_round_end is not None:
+                    on_round_end(self.snapshot(r, loss))
+                if eval_every_epoch and (r + 1) % self.steps_per_epoch == 0:
+                    metrics = self.evaluate("test")["metrics"]
+                    history.epoch_metrics.append({"epoch": (r + 1) // self.steps_per_epoch,
+                                                  "round": r, "loss": loss, **metrics})
+                bar.advance(1)
+        history.rounds = last + 1 - start
+        history.seconds = time.perf_counter() - t0
+        return history
+
+    def evaluate(self, split: str = "test", *, with_scores: bool = False) -> dict:
+        fed, c = self.federation, self.coordinator
+        c.exchange([c.request(p, "predict.forward", {"split": split}) for p in fed.passives])
+        (reply,) = c.exchange(
+            [c.request(fed.active, "eval.run", {"split": split, "with_scores": with_scores})]
+        )
+        out = dict(reply.payload)
+        if with_scores:
+            out["scores"] = np.asarray(out["scores"])
+            out["labels"] = np.asarray(out["labels"])
+        return out
+
+    def predict(self, ids) -> np.ndarray:
+        """Scores for ``ids`` (rows every party holds); only embeddings cross."""
+        fed, c = self.federation, self.coordinator
+        ids = [str(i) for i in ids]
+        c.exchange([c.request(p, "predict.forward", {"ids": ids}) for p in fed.passives])
+        (reply,) = c.exchange([c.request(fed.active, "predict.run", {"ids": ids})])
+        return np.asarray(reply.payload["scores"])
