@@ -19,9 +19,11 @@ from vfl.config import TrainConfig
 from vfl.datasets import load_actg320
 from vfl.experiment import (
     SAW_COLUMNS,
+    SAW_COMPACT_COLUMNS,
     metrics_summary,
     party_summary,
     run_vertical_comparison,
+    saw_compact_rows,
     saw_rows,
 )
 from vfl.models import ModelConfig
@@ -131,7 +133,11 @@ def main(argv=None) -> dict:
         ],
     )
     rows = saw_rows(run)
-    print_table("what each party saw", SAW_COLUMNS, rows)
+    print_table(
+        "what each party received (public control messages omitted)",
+        SAW_COMPACT_COLUMNS,
+        saw_compact_rows(run),
+    )
 
     # -- files ----------------------------------------------------------------------------
     plot_roc(

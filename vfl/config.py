@@ -22,6 +22,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 0.05
     optimizer: str = "adam"
+    weight_decay: float = 0.0
     seed: int = 0
     test_fraction: float = 0.3
     protocol: str = "plain"
@@ -47,6 +48,7 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
             "optimizer": self.optimizer,
+            "weight_decay": self.weight_decay,
             "seed": self.seed,
             "test_fraction": self.test_fraction,
             "protocol": self.protocol,
@@ -64,6 +66,7 @@ class TrainConfig:
             batch_size=obj["batch_size"],
             learning_rate=obj["learning_rate"],
             optimizer=obj["optimizer"],
+            weight_decay=obj.get("weight_decay", 0.0),
             seed=obj["seed"],
             test_fraction=obj["test_fraction"],
             protocol=obj["protocol"],

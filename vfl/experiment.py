@@ -142,4 +142,31 @@ def saw_rows(run: VerticalRun) -> list[list]:
     ]
 
 
+def saw_compact_rows(run: VerticalRun, public_hidden: bool = True) -> list[list]:
+    """Per receiver and label: which kinds of message arrived (the printed table)."""
+    return [
+        [
+            r["party"],
+            r["label"],
+            "yes" if r["label_dependent"] else "no",
+            ", ".join(_short_kinds(r["kinds"])),
+            r["messages"],
+            r["bytes"],
+        ]
+        for r in run.federation.transcript.received_by_label()
+        if r["label"] != "public" or not public_hidden
+    ]
+
+
+def _short_kinds(kinds: list[str]) -> list[str]:
+    prefixes = sorted({k.split(".")[0] for k in kinds})
+    out = []
+    for p in prefixes:
+        members = [k for k in kinds if k.split(".")[0] == p]
+        out.append(members[0] if len(members) == 1 else f"{p}.* ({len(members)} kinds)")
+    return out
+
+
+SAW_COMPACT_COLUMNS = ["receiver", "label", "label-dep.", "kinds", "messages", "bytes"]
+
 SAW_COLUMNS = ["receiver", "from", "kind", "label", "label-dependent", "messages", "bytes"]

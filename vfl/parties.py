@@ -95,7 +95,7 @@ class TrainingParty(PSIParticipant):
             self.train_rows.ids, config.seed, config.batch_size, config.epochs
         )
         self.key = party_key(config.seed, self.name)
-        self.tx = make_optimizer(config.optimizer, config.learning_rate)
+        self.tx = make_optimizer(config.optimizer, config.learning_rate, config.weight_decay)
         self.completed_round = -1
         self.reset_rounds(None)
 
@@ -119,6 +119,12 @@ class TrainingParty(PSIParticipant):
             source = self._scoring if self._scoring is not None else self.table
             rows = source.rows(list(payload["ids"]))
         return rows.ids, self.scaler.transform(rows.features).astype(np.float32)
+
+    def embedding_spread(self) -> float:
+        """Local diagnostic: standard deviation of this party's embedding on its training
+        rows, i.e. how much its bottom model moves the top model's input."""
+        bottom = self.params[0] if isinstance(self.params, tuple) else self.params
+        return float(np.std(np.asarray(self.bottom.apply(bottom, self.x_train))))
 
     def load_scoring_table(self, table: PartyTable) -> None:
         """Local: new rows to score later. Their columns must equal the training columns."""

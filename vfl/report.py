@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=False, highlight=False)
+# Logs and CI are not terminals; rich would wrap tables at 80 columns there.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def scenario_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -124,8 +126,8 @@ def _pyplot():
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    for name, (fpr, tpr, auc) in curves.items():
-        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    for i, (name, (fpr, tpr, auc)) in enumerate(curves.items()):
+        ax.plot(fpr, tpr, ["-", "--", ":", "-."][i % 4], label=f"{name} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
     ax.legend(loc="lower right")
@@ -138,13 +140,15 @@ def plot_training(histories: dict[str, list[dict]], path: Path, metric: str, tit
     """Loss and a held-out metric per epoch for each model."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, rows in histories.items():
+    styles = ["-", "--", ":", "-."]
+    for i, (name, rows) in enumerate(histories.items()):
         if not rows:
             continue
         epochs = [r["epoch"] for r in rows]
-        ax1.plot(epochs, [r["loss"] for r in rows], label=name)
-        ax2.plot(epochs, [r.get(metric, float("nan")) for r in rows], label=name)
-    ax1.set(xlabel="epoch", ylabel="training loss (last batch)", title="loss")
+        style = styles[i % len(styles)]
+        ax1.plot(epochs, [r["loss"] for r in rows], style, label=name)
+        ax2.plot(epochs, [r.get(metric, float("nan")) for r in rows], style, label=name)
+    ax1.set(xlabel="epoch", ylabel="mean training loss", title="loss")
     ax2.set(xlabel="epoch", ylabel=f"held-out {metric}", title=metric)
     for ax in (ax1, ax2):
         ax.legend()

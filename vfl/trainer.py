@@ -158,8 +158,15 @@ class SplitTrainer:
                     on_round_end(self.snapshot(r, loss))
                 if eval_every_epoch and (r + 1) % self.steps_per_epoch == 0:
                     metrics = self.evaluate("test")["metrics"]
-                    history.epoch_metrics.append({"epoch": (r + 1) // self.steps_per_epoch,
-                                                  "round": r, "loss": loss, **metrics})
+                    epoch_loss = float(np.mean(history.loss[-self.steps_per_epoch :]))
+                    history.epoch_metrics.append(
+                        {
+                            "epoch": (r + 1) // self.steps_per_epoch,
+                            "round": r,
+                            "loss": epoch_loss,
+                            **metrics,
+                        }
+                    )
                 bar.advance(1)
         history.rounds = last + 1 - start
         history.seconds = time.perf_counter() - t0

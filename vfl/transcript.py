@@ -86,5 +86,26 @@ class Transcript:
         ]
         return sorted(rows, key=lambda r: (r["party"], r["from"], r["kind"]))
 
+    def received_by_label(self) -> list[dict]:
+        """Compact view: per receiver, label and label-dependence, the kinds and totals."""
+        groups: dict[tuple, dict] = {}
+        for e in self.entries:
+            key = (e.receiver, e.label, e.label_dependent)
+            g = groups.setdefault(key, {"kinds": {}, "messages": 0, "bytes": 0})
+            g["kinds"][e.kind] = g["kinds"].get(e.kind, 0) + 1
+            g["messages"] += 1
+            g["bytes"] += e.bytes
+        return [
+            {
+                "party": party,
+                "label": label,
+                "label_dependent": dep,
+                "kinds": sorted(g["kinds"]),
+                "messages": g["messages"],
+                "bytes": g["bytes"],
+            }
+            for (party, label, dep), g in sorted(groups.items())
+        ]
+
     def to_json(self) -> list[dict]:
         return [asdict(e) for e in self.entries]
