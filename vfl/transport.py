@@ -31,6 +31,9 @@ class InMemoryTransport:
         self.transcript = transcript if transcript is not None else Transcript()
         self._handlers: dict[str, MessageHandler] = {}
         self._offline: set[str] = set()
+        # Observers see every decoded message as its receiver does (used by the leakage
+        # audit to replay exactly what a curious party received). They never alter delivery.
+        self.observers: list = []
 
     def register(self, handler: MessageHandler) -> None:
         if handler.name == COORDINATOR:
@@ -77,6 +80,8 @@ class InMemoryTransport:
         if message.receiver in self._offline:
             raise PartyUnavailableError(f"party {message.receiver!r} is not answering")
         received = Message.from_bytes(self.encode(message))
+        for observe in self.observers:
+            observe(received)
         replies = handler.handle(received) or []
         for reply in replies:
             if reply.sender != handler.name:
