@@ -53,7 +53,7 @@ def build_parser():
     parser.add_argument(
         "--protocol",
         default="plain",
-        choices=["plain"],
+        choices=["plain", "paillier"],
         help="gradient exchange protocol (default: plain split learning)",
     )
     parser.add_argument(

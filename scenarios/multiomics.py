@@ -51,7 +51,7 @@ LABELS = {"vfl": "vertical", "local_only": "clinical only", "centralized": "cent
 
 def build_parser():
     parser = scenario_parser(NAME, __doc__)
-    parser.add_argument("--protocol", default="plain", choices=["plain"])
+    parser.add_argument("--protocol", default="plain", choices=["plain", "paillier"])
     parser.add_argument(
         "--rows", type=int, default=None, help="synthetic cohort size (default 3000, quick 1500)"
     )

@@ -72,3 +72,14 @@ def test_cli_rejects_unknown_scenario(capsys):
 def test_cli_run_help(capsys):
     assert vfl_main(["run", "hospital_lab_pharmacy", "--help"]) == 0
     assert "--quick" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_hospital_lab_pharmacy_paillier_quick(tmp_path):
+    result, out, _ = _run("hospital_lab_pharmacy", tmp_path, "--protocol", "paillier")
+    assert result["protocol"] == "paillier"
+    m = result["metrics"]
+    assert abs(m["vfl"]["auc"] - m["vfl_plain"]["auc"]) <= 0.005
+    kinds = {(r["receiver"], r["kind"], r["label"]) for r in result["transcript"]}
+    assert ("lab", "train.enc_cut_gradient", "ciphertext") in kinds
+    assert not any(k == "train.cut_gradient" for _, k, _ in kinds)

@@ -11,7 +11,7 @@ from vfl.models import ModelConfig
 from vfl.optim import OPTIMIZERS
 from vfl.tasks import Task
 
-PROTOCOLS = ("plain",)
+PROTOCOLS = ("plain", "paillier")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class TrainConfig:
     seed: int = 0
     test_fraction: float = 0.3
     protocol: str = "plain"
+    key_bits: int = 2048  # Paillier modulus size for the paillier protocol
+    insecure_test_key: bool = False  # allow key_bits < 2048 (tests only)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -52,6 +54,8 @@ class TrainConfig:
             "seed": self.seed,
             "test_fraction": self.test_fraction,
             "protocol": self.protocol,
+            "key_bits": self.key_bits,
+            "insecure_test_key": self.insecure_test_key,
         }
 
     @classmethod
@@ -70,6 +74,8 @@ class TrainConfig:
             seed=obj["seed"],
             test_fraction=obj["test_fraction"],
             protocol=obj["protocol"],
+            key_bits=obj.get("key_bits", 2048),
+            insecure_test_key=obj.get("insecure_test_key", False),
         )
 
     def digest(self) -> str:

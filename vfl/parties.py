@@ -26,10 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from vfl.config import TrainConfig
 from vfl.errors import (
     CheckpointError,
+    ConfigError,
     LabelAtPassivePartyError,
     PayloadShapeError,
     ProtocolError,
@@ -40,6 +42,11 @@ from vfl.optim import make_optimizer
 from vfl.party import handles
 from vfl.psi import PSIParticipant
 from vfl.schedule import BatchSchedule, ids_digest, split_test
+from vfl.secure_exchange import (
+    MIN_ENCRYPTED_BATCH,
+    ActiveKeyring,
+    PassiveSealer,
+)
 from vfl.table import PartyTable, Standardizer
 
 
@@ -94,6 +101,19 @@ class TrainingParty(PSIParticipant):
         self.schedule = BatchSchedule(
             self.train_rows.ids, config.seed, config.batch_size, config.epochs
         )
+        if config.protocol == "paillier":
+            n, b = len(self.train_rows.ids), config.batch_size
+            if (
+                n < MIN_ENCRYPTED_BATCH
+                or 0 < n % b < MIN_ENCRYPTED_BATCH
+                or (b < MIN_ENCRYPTED_BATCH)
+            ):
+                raise ConfigError(
+                    f"the paillier protocol needs every batch to have at least "
+                    f"{MIN_ENCRYPTED_BATCH} rows (a passive party learns each batch's aggregate "
+                    f"gradient); {n} training rows in batches of {b} leave a last batch of "
+                    f"{n % b}. Choose another batch_size."
+                )
         self.key = party_key(config.seed, self.name)
         self.tx = make_optimizer(config.optimizer, config.learning_rate, config.weight_decay)
         self.completed_round = -1
@@ -168,9 +188,7 @@ class PassiveParty(TrainingParty):
         config = TrainConfig.from_json(msg.payload["config"])
         self._setup_common(config)
         self.active = msg.payload["active"]
-        module = make_bottom(
-            config.model, self.table.n_features, config.task.n_outputs, self.key
-        )
+        module = make_bottom(config.model, self.table.n_features, config.task.n_outputs, self.key)
         self.bottom = ModelHandle(module)
         self.params = self.bottom.params
         self.opt_state = self.tx.init(self.params)
@@ -185,6 +203,27 @@ class PassiveParty(TrainingParty):
 
         self._backward = jax.jit(backward)
         self._pending: tuple[int, np.ndarray, np.ndarray, int] | None = None
+        self._sealer = None
+        if config.protocol == "paillier":
+            # The plaintext Jacobian of the bottom model on the party's own rows; the
+            # encrypted product J^T [[delta]] is done by the Paillier engine.
+            _, unravel = ravel_pytree(self.params)
+
+            def jacobian(params, x):
+                flat, unravel_ = ravel_pytree(params)
+                return jax.jacrev(lambda v: bottom.apply(unravel_(v), x).reshape(-1))(flat)
+
+            def step_with(params, opt_state, flat_grads):
+                grads = unravel(flat_grads)
+                updates, opt_state = tx.update(grads, opt_state, params)
+                return optax.apply_updates(params, updates), opt_state
+
+            self._jacobian = jax.jit(jacobian)
+            self._step_with = jax.jit(step_with)
+            self._sealer = PassiveSealer(
+                msg.payload["public_key"], insecure_test_key=config.insecure_test_key
+            )
+            self._pending_mask = None
         return [
             self.send(
                 COORDINATOR,
@@ -234,6 +273,52 @@ class PassiveParty(TrainingParty):
         self.completed_round = r
         return [self.send(COORDINATOR, "train.ack", Label.PUBLIC, {}, round=r)]
 
+    def _pending_for(self, msg: Message):
+        if self._pending is None or self._pending[0] != msg.round:
+            raise ProtocolError(
+                f"{self.name!r} got {msg.kind!r} for round {msg.round} without a forward pass"
+            )
+        return self._pending
+
+    @handles("train.enc_cut_gradient")
+    def on_enc_cut_gradient(self, msg: Message) -> list[Message]:
+        """[[delta]] in; [[J^T delta + R]] out. Nothing here is plaintext and label-dependent."""
+        if self._sealer is None:
+            raise ProtocolError(f"{self.name!r} is not running the paillier protocol")
+        r, x, _, n_real = self._pending_for(msg)
+        width = self.config.model.embedding_width(self.config.task.n_outputs)
+        enc_delta = self._sealer.parse_delta(msg.payload["ct"], n_real, width)
+        jac = np.asarray(self._jacobian(self.params, x), dtype=np.float64)
+        jac = jac.reshape(len(x), width, -1)[:n_real].reshape(n_real * width, -1)
+        packed, pending = self._sealer.masked_gradient(jac.T, enc_delta)
+        self._pending_mask = (r, pending)
+        return [
+            self.send(
+                self.active,
+                "train.masked_gradient",
+                Label.MASKED,
+                {"ct": packed, "count": pending.count, "terms": n_real * width},
+                round=r,
+                label_dependent=True,
+            )
+        ]
+
+    @handles("train.masked_gradient_plain")
+    def on_masked_gradient_plain(self, msg: Message) -> list[Message]:
+        """g + R in, R removed here: the aggregate batch gradient, then the party's own step."""
+        r, _, _, _ = self._pending_for(msg)
+        if self._pending_mask is None or self._pending_mask[0] != r:
+            raise ProtocolError(f"{self.name!r} has no mask for round {r}")
+        grads = PassiveSealer.unmask(list(msg.payload["values"]), self._pending_mask[1])
+        if not np.isfinite(grads).all():
+            raise PayloadShapeError(f"unmasked gradient of round {r} is not finite")
+        self.params, self.opt_state = self._step_with(
+            self.params, self.opt_state, jnp.asarray(grads, dtype=jnp.float32)
+        )
+        self._pending, self._pending_mask = None, None
+        self.completed_round = r
+        return [self.send(COORDINATOR, "train.ack", Label.PUBLIC, {}, round=r)]
+
     @handles("predict.forward")
     def on_predict(self, msg: Message) -> list[Message]:
         ids, x = self._scoring_features(msg.payload)
@@ -267,6 +352,8 @@ class PassiveParty(TrainingParty):
         self.params, self.opt_state = params, opt_state
         self.completed_round = state.round
         self._pending = None
+        if self._sealer is not None:
+            self._pending_mask = None
         self.reset_rounds(state.round)
 
 
@@ -315,14 +402,15 @@ class ActiveParty(TrainingParty):
         self._inbox: dict[str, np.ndarray] = {}
         self._inbox_round: int | None = None
         self._predict_inbox: dict[str, np.ndarray] = {}
-        return [
-            self.send(
-                COORDINATOR,
-                "train.ready",
-                Label.PUBLIC,
-                {"n_train": len(self.train_rows.ids), "n_test": len(self.test_rows.ids)},
+        ready = {"n_train": len(self.train_rows.ids), "n_test": len(self.test_rows.ids)}
+        self._keyring = None
+        if config.protocol == "paillier":
+            self._keyring = ActiveKeyring(
+                config.key_bits, insecure_test_key=config.insecure_test_key
             )
-        ]
+            self._terms: dict[tuple[int, str], int] = {}
+            ready["public_key"] = self._keyring.public_key_bytes()
+        return [self.send(COORDINATOR, "train.ready", Label.PUBLIC, ready)]
 
     def _width(self) -> int:
         return self.config.model.embedding_width(self.config.task.n_outputs)
@@ -369,17 +457,21 @@ class ActiveParty(TrainingParty):
         )
         self._inbox, self._inbox_round = {}, None
         self.completed_round = r
-        out = [
-            self.send(
-                p,
-                "train.cut_gradient",
-                Label.PLAINTEXT_BY_DESIGN,
-                {"g": np.asarray(g)[: len(pos)]},
-                round=r,
-                label_dependent=True,
-            )
-            for p, g in zip(self.passives, g_hs)
-        ]
+        deltas = [np.asarray(g)[: len(pos)] for g in g_hs]
+        if self._keyring is None:
+            out = [
+                self.send(
+                    p,
+                    "train.cut_gradient",
+                    Label.PLAINTEXT_BY_DESIGN,
+                    {"g": d},
+                    round=r,
+                    label_dependent=True,
+                )
+                for p, d in zip(self.passives, deltas)
+            ]
+        else:
+            out = self._encrypted_deltas(r, deltas)
         out.append(
             self.send(
                 COORDINATOR,
@@ -391,6 +483,53 @@ class ActiveParty(TrainingParty):
             )
         )
         return out
+
+    def _encrypted_deltas(self, r: int, deltas: list[np.ndarray]) -> list[Message]:
+        """[[dL/dh_k]] under the active party's own key, one message per passive. With a
+        ``sum`` top every passive gets the same delta, so it is encrypted once."""
+        out, cache = [], []
+        for p, d in zip(self.passives, deltas):
+            ct = next((c for dd, c in cache if np.array_equal(dd, d)), None)
+            if ct is None:
+                ct = self._keyring.encrypt_delta(d)
+                cache.append((d, ct))
+            self._terms[(r, p)] = d.size
+            out.append(
+                self.send(
+                    p,
+                    "train.enc_cut_gradient",
+                    Label.CIPHERTEXT,
+                    {"ct": ct},
+                    round=r,
+                    label_dependent=True,
+                )
+            )
+        return out
+
+    @handles("train.masked_gradient")
+    def on_masked_gradient(self, msg: Message) -> list[Message]:
+        """Decrypt a passive's masked aggregate; what the active learns is g + R."""
+        terms = self._terms.get((msg.round, msg.sender)) if self._keyring else None
+        if terms is None:
+            raise ProtocolError(
+                f"unexpected masked gradient from {msg.sender!r} for round {msg.round}"
+            )
+        if msg.payload.get("terms") != terms:
+            raise PayloadShapeError(
+                f"{msg.sender!r} summed {msg.payload.get('terms')} terms, expected {terms}"
+            )
+        values = self._keyring.decrypt_masked(msg.payload["ct"], int(msg.payload["count"]), terms)
+        del self._terms[(msg.round, msg.sender)]
+        return [
+            self.send(
+                msg.sender,
+                "train.masked_gradient_plain",
+                Label.MASKED,
+                {"values": values},
+                round=msg.round,
+                label_dependent=True,
+            )
+        ]
 
     @handles("predict.embedding")
     def on_predict_embedding(self, msg: Message) -> list[Message]:
@@ -469,4 +608,6 @@ class ActiveParty(TrainingParty):
         self.params, self.opt_state = params, opt_state
         self.completed_round = state.round
         self._inbox, self._inbox_round = {}, None
+        if self._keyring is not None:
+            self._terms = {}
         self.reset_rounds(state.round)

@@ -64,20 +64,14 @@ class SplitTrainer:
         self.n_train = 0
 
     def setup(self) -> None:
-        fed = self.federation
-        replies = self.coordinator.exchange(
-            [
-                self.coordinator.request(
-                    name,
-                    "train.setup",
-                    {
-                        "config": self.config.to_json(),
-                        "active": fed.active,
-                        "passives": fed.passives,
-                    },
-                )
-                for name in fed.names
-            ]
+        fed, c = self.federation, self.coordinator
+        base = {"config": self.config.to_json(), "active": fed.active, "passives": fed.passives}
+        # The active party answers first: under the paillier protocol its reply carries the
+        # public key, which the coordinator relays to the passives (public).
+        (ready,) = c.exchange([c.request(fed.active, "train.setup", base)])
+        extra = {"public_key": ready.payload["public_key"]} if "public_key" in ready.payload else {}
+        replies = [ready] + c.exchange(
+            [c.request(name, "train.setup", base | extra) for name in fed.passives]
         )
         counts = {(m.payload["n_train"], m.payload["n_test"]) for m in replies}
         if len(counts) != 1:
