@@ -43,6 +43,7 @@ from vfl.tasks import Task
 NAME = "hospital_lab_pharmacy"
 MODEL_NAMES = {
     "vfl": "vertical (3 parties)",
+    "vfl_plain": "vertical, plain protocol",
     "local_only": "hospital only",
     "centralized": "centralized (pooled)",
 }

@@ -8,6 +8,7 @@ baseline: it pools columns that in reality never leave their parties.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ class VerticalRun:
     aligned_rows: int
     align_seconds: float
     results: dict[str, ModelResult] = field(default_factory=dict)
+    plain: SplitTrainer | None = None  # the plain-protocol twin of an encrypted run
 
 
 def train_and_evaluate(
@@ -83,6 +85,7 @@ def run_vertical_comparison(
     *,
     progress: bool = True,
     baselines: bool = True,
+    compare_plain: bool = True,
     on_round_end: CheckpointCallback | None = None,
 ) -> VerticalRun:
     fed = Federation.from_tables(tables, active)
@@ -94,6 +97,14 @@ def run_vertical_comparison(
     run.results["vfl"] = train_and_evaluate(
         trainer, progress=progress, description="vertical", on_round_end=on_round_end
     )
+    if config.protocol != "plain" and compare_plain:
+        # The same model under plain split learning, for the equality check and the audit.
+        plain_fed = Federation.from_tables(tables, active)
+        plain_fed.reuse_alignment(fed)
+        run.plain = SplitTrainer(plain_fed, dataclasses.replace(config, protocol="plain"))
+        run.results["vfl_plain"] = train_and_evaluate(
+            run.plain, progress=progress, description="vertical (plain)"
+        )
     if baselines:
         # The hospital knows the aligned ids (it took part in PSI); the baselines use the same
         # rows, the same hash-derived split and the same schedule.

@@ -57,6 +57,15 @@ class Federation:
         self.alignment = run_psi(self.coordinator, self.names, progress=progress)
         return self.alignment
 
+    def reuse_alignment(self, other: Federation) -> None:
+        """Simulation shortcut: the same parties already ran PSI in ``other``; each party
+        takes its own result from its counterpart (a party-local copy, nothing crosses)."""
+        if set(other.names) != set(self.names):
+            raise ConfigError("reuse_alignment needs a federation of the same parties")
+        for name, party in self.parties.items():
+            party.on_aligned(other.parties[name].aligned_ids)
+        self.alignment = other.alignment
+
     def set_alignment(self, ids) -> None:
         """Local alignment for a single-party baseline (nothing crosses a boundary)."""
         if self.passives:
