@@ -18,8 +18,10 @@ import time
 from vfl.config import TrainConfig
 from vfl.datasets import load_actg320
 from vfl.experiment import (
+    AUDIT_COLUMNS,
     SAW_COLUMNS,
     SAW_COMPACT_COLUMNS,
+    audit_rows,
     metrics_summary,
     party_summary,
     run_vertical_comparison,
@@ -108,6 +110,10 @@ def main(argv=None) -> dict:
         "metrics": metrics,
         "align_seconds": run.align_seconds,
         "transcript": transcript,
+        "leakage": {
+            protocol: {name: rep.to_json() for name, rep in reports.items()}
+            for protocol, reports in run.audits.items()
+        },
     }
 
     # -- printed summary ------------------------------------------------------------------
@@ -139,6 +145,20 @@ def main(argv=None) -> dict:
         SAW_COMPACT_COLUMNS,
         saw_compact_rows(run),
     )
+
+    leak_rows = audit_rows(run)
+    leak_note = (
+        ""
+        if "paillier" in run.audits
+        else "Run with --protocol paillier to audit the encrypted protocol too."
+    )
+    print_table(
+        "what a curious lab learns (label-inference attacks, Li et al. 2021)",
+        AUDIT_COLUMNS,
+        leak_rows,
+    )
+    if leak_note:
+        console.print(leak_note)
 
     # -- files ----------------------------------------------------------------------------
     plot_roc(
@@ -210,6 +230,20 @@ The vertical model gains **{gain:+.3f} AUC** over the hospital alone and is
     }
 ![bytes](bytes.png)
 
+## What a curious lab learns
+
+Norm- and direction-scoring label inference (Li et al. 2021) run on exactly the messages
+each passive party received. AUC 0.5 means the attack learns nothing about the labels.
+
+{markdown_table(AUDIT_COLUMNS, leak_rows)}
+{leak_note}
+{
+        "".join(
+            f"- {p} / {n}: {r.reason}" + chr(10)
+            for p, reps in run.audits.items()
+            for n, r in reps.items()
+        )
+    }
 ## What each party saw
 
 Every message crossed the in-memory transport as bytes. `plaintext-by-design` is a

@@ -465,3 +465,37 @@ def test_exchange_at_2048_bits_with_full_randomness_and_pool():
         assert got.tolist() == [sum(int(a) * b for a, b in zip(r, delta)) for r in jt]
     finally:
         pool.shutdown()
+
+
+def test_key_holder_crt_randomness_equals_public_computation(keys, monkeypatch):
+    """The CRT path (private key) computes exactly h_n ** a mod n^2 for the same a."""
+    pk, sk = keys
+    rp = vc.RandomnessPool(pk, private_key=sk)
+    assert rp.uses_crt and not vc.RandomnessPool(pk).uses_crt
+    a = secrets.randbits(rp.exp_bits)
+    monkeypatch.setattr(secrets, "randbits", lambda k: a)
+    assert rp.draw(2) == [gmpy2.powmod(rp._h_n, a, pk.nsquare)] * 2
+    monkeypatch.undo()
+    rp.precompute(3)
+    vals = [0, 7, -(2**90), 2**200]
+    enc = vc.encrypt_array(pk, vals, randomness=rp)
+    assert rp.available == 0 and list(vc.decrypt_array(sk, enc)) == vals
+    phe_sk = sk.to_phe()
+    assert [phe_sk.decrypt(x) for x in enc.to_phe()] == vals
+    _, other_sk = vc.generate_keypair(512, insecure_test_key=True)
+    with pytest.raises(vc.WrongKeyError):
+        vc.RandomnessPool(pk, private_key=other_sk)
+
+
+def test_key_holder_crt_randomness_in_worker_pool(keys):
+    pk, sk = keys
+    pool = vc.WorkerPool(2, min_items=4)
+    try:
+        rp = vc.RandomnessPool(pk, private_key=sk, pool=pool)
+        rp.precompute(16)
+        vals = list(range(-8, 8))
+        enc = vc.encrypt_array(pk, vals, randomness=rp)
+        assert list(vc.decrypt_array(sk, enc)) == vals
+        assert len(set(enc.values)) == 16
+    finally:
+        pool.shutdown()

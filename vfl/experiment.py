@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vfl.audit import LeakageReport, audit_label_leakage, capture_received
 from vfl.config import TrainConfig
 from vfl.federation import Federation
 from vfl.metrics import roc_curve
@@ -42,6 +43,7 @@ class VerticalRun:
     align_seconds: float
     results: dict[str, ModelResult] = field(default_factory=dict)
     plain: SplitTrainer | None = None  # the plain-protocol twin of an encrypted run
+    audits: dict[str, dict[str, LeakageReport]] = field(default_factory=dict)
 
 
 def train_and_evaluate(
@@ -94,17 +96,21 @@ def run_vertical_comparison(
     align_seconds = time.perf_counter() - t0
     trainer = SplitTrainer(fed, config)
     run = VerticalRun(fed, trainer, alignment.size, align_seconds)
+    views = {p: capture_received(fed.transport, p) for p in fed.passives}
     run.results["vfl"] = train_and_evaluate(
         trainer, progress=progress, description="vertical", on_round_end=on_round_end
     )
+    run.audits[config.protocol] = audit_passives(fed, views)
     if config.protocol != "plain" and compare_plain:
         # The same model under plain split learning, for the equality check and the audit.
         plain_fed = Federation.from_tables(tables, active)
         plain_fed.reuse_alignment(fed)
         run.plain = SplitTrainer(plain_fed, dataclasses.replace(config, protocol="plain"))
+        plain_views = {p: capture_received(plain_fed.transport, p) for p in plain_fed.passives}
         run.results["vfl_plain"] = train_and_evaluate(
             run.plain, progress=progress, description="vertical (plain)"
         )
+        run.audits["plain"] = audit_passives(plain_fed, plain_views)
     if baselines:
         # The hospital knows the aligned ids (it took part in PSI); the baselines use the same
         # rows, the same hash-derived split and the same schedule.
@@ -118,6 +124,54 @@ def run_vertical_comparison(
             central, progress=progress, description="centralized"
         )
     return run
+
+
+def audit_passives(fed: Federation, views: dict[str, list]) -> dict[str, LeakageReport]:
+    """Label-inference attacks on exactly what each passive party received.
+
+    The ground-truth labels are the auditor's (simulation) view; each passive's batch ids
+    and unmasked aggregates are its own local knowledge.
+    """
+    active = fed.parties[fed.active]
+    labels = dict(zip(active.train_rows.ids, active.train_rows.labels.tolist()))
+    reports = {}
+    for name, received in views.items():
+        party = fed.parties[name]
+        reports[name] = audit_label_leakage(
+            received,
+            party.schedule.round_ids,
+            labels,
+            party=name,
+            aggregate_gradients=getattr(party, "learned_aggregates", None),
+        )
+    return reports
+
+
+AUDIT_COLUMNS = [
+    "protocol",
+    "party",
+    "what it received",
+    "samples",
+    "norm-attack AUC",
+    "direction-attack AUC",
+    "batch-level AUC",
+]
+
+
+def audit_rows(run: VerticalRun) -> list[list]:
+    return [
+        [
+            protocol,
+            name,
+            r.protocol_view,
+            r.n_samples,
+            r.norm_auc,
+            r.direction_auc,
+            "n/a" if r.batch_norm_auc is None else r.batch_norm_auc,
+        ]
+        for protocol, reports in sorted(run.audits.items(), key=lambda kv: kv[0] != "plain")
+        for name, r in reports.items()
+    ]
 
 
 def party_summary(run: VerticalRun, tables: dict[str, PartyTable]) -> dict[str, dict]:

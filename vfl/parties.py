@@ -41,7 +41,7 @@ from vfl.models import ModelHandle, make_bottom, make_top
 from vfl.optim import make_optimizer
 from vfl.party import handles
 from vfl.psi import PSIParticipant
-from vfl.schedule import BatchSchedule, ids_digest, split_test
+from vfl.schedule import BatchSchedule, SlicedSchedule, SlicePlan, ids_digest, split_test
 from vfl.secure_exchange import (
     MIN_ENCRYPTED_BATCH,
     ActiveKeyring,
@@ -88,7 +88,7 @@ class TrainingParty(PSIParticipant):
         self.on_aligned(np.asarray(aligned_ids, dtype=object))
 
     # -- setup -----------------------------------------------------------------------------
-    def _setup_common(self, config: TrainConfig) -> None:
+    def _setup_common(self, config: TrainConfig, slices: dict | None = None) -> None:
         if self.aligned_ids is None:
             raise ProtocolError(f"{self.name!r} cannot set up training before alignment")
         self.config = config
@@ -96,11 +96,35 @@ class TrainingParty(PSIParticipant):
         test = split_test(aligned.ids, config.seed, config.test_fraction)
         self.train_rows = aligned.rows(aligned.ids[~test])
         self.test_rows = aligned.rows(aligned.ids[test])
-        self.scaler = Standardizer.fit(self.train_rows.features)
+        self.slice_plan = None if slices is None else SlicePlan.from_json(slices)
+        if self.slice_plan is None:
+            self._setup_rows = self.train_rows.ids
+            self.scaler = Standardizer.fit(self.train_rows.features)
+            self.schedule = BatchSchedule(
+                self.train_rows.ids, config.seed, config.batch_size, config.epochs
+            )
+        else:
+            # Data added in slices / arriving over time: the scaler sees only the rows
+            # present at setup (slice 0); later slices join the schedule phase by phase.
+            plan = self.slice_plan
+            slice_idx = plan.slice_of(self.train_rows.ids, config.seed)
+            first = slice_idx == 0
+            if not first.any():
+                raise ConfigError(
+                    f"{self.name!r} has no training rows in slice 0 (the rows present at "
+                    "setup); use fewer slices or admit some rows at setup"
+                )
+            self._setup_rows = self.train_rows.ids[first]
+            self.scaler = Standardizer.fit(self.train_rows.features[first])
+            self.schedule = SlicedSchedule(
+                self.train_rows.ids,
+                slice_idx,
+                plan.slices,
+                config.seed,
+                config.batch_size,
+                plan.epochs_per_slice or config.epochs,
+            )
         self.x_train = self.scaler.transform(self.train_rows.features).astype(np.float32)
-        self.schedule = BatchSchedule(
-            self.train_rows.ids, config.seed, config.batch_size, config.epochs
-        )
         if config.protocol == "paillier":
             n, b = len(self.train_rows.ids), config.batch_size
             if (
@@ -118,6 +142,17 @@ class TrainingParty(PSIParticipant):
         self.tx = make_optimizer(config.optimizer, config.learning_rate, config.weight_decay)
         self.completed_round = -1
         self.reset_rounds(None)
+
+    def setup_ids(self) -> tuple[str, ...]:
+        """Party-local: the ids whose rows influenced setup (the scaler's fit)."""
+        return tuple(str(i) for i in self._setup_rows)
+
+    def _ready_payload(self) -> dict:
+        out = {"n_train": len(self.train_rows.ids), "n_test": len(self.test_rows.ids)}
+        if self.slice_plan is not None:
+            out["n_rounds"] = self.schedule.n_rounds
+            out["phase_starts"] = list(self.schedule.phase_starts)
+        return out
 
     def _batch(self, round: int):
         """Padded feature batch, row mask, real row count and batch digest for ``round``."""
@@ -186,7 +221,7 @@ class PassiveParty(TrainingParty):
     @handles("train.setup")
     def on_setup(self, msg: Message) -> list[Message]:
         config = TrainConfig.from_json(msg.payload["config"])
-        self._setup_common(config)
+        self._setup_common(config, msg.payload.get("slices"))
         self.active = msg.payload["active"]
         module = make_bottom(config.model, self.table.n_features, config.task.n_outputs, self.key)
         self.bottom = ModelHandle(module)
@@ -224,12 +259,13 @@ class PassiveParty(TrainingParty):
                 msg.payload["public_key"], insecure_test_key=config.insecure_test_key
             )
             self._pending_mask = None
+            self.learned_aggregates: dict[int, np.ndarray] = {}
         return [
             self.send(
                 COORDINATOR,
                 "train.ready",
                 Label.PUBLIC,
-                {"n_train": len(self.train_rows.ids), "n_test": len(self.test_rows.ids)},
+                self._ready_payload(),
             )
         ]
 
@@ -315,6 +351,9 @@ class PassiveParty(TrainingParty):
         self.params, self.opt_state = self._step_with(
             self.params, self.opt_state, jnp.asarray(grads, dtype=jnp.float32)
         )
+        # Party-local record of the one label-dependent plaintext this party learns (its
+        # batch-aggregate gradient), so the leakage audit can attack exactly that.
+        self.learned_aggregates[r] = grads
         self._pending, self._pending_mask = None, None
         self.completed_round = r
         return [self.send(COORDINATOR, "train.ack", Label.PUBLIC, {}, round=r)]
@@ -371,7 +410,7 @@ class ActiveParty(TrainingParty):
     @handles("train.setup")
     def on_setup(self, msg: Message) -> list[Message]:
         config = TrainConfig.from_json(msg.payload["config"])
-        self._setup_common(config)
+        self._setup_common(config, msg.payload.get("slices"))
         task = config.task
         self.passives: list[str] = list(msg.payload["passives"])
         self.y_train = task.check_labels(self.train_rows.labels)
@@ -402,7 +441,7 @@ class ActiveParty(TrainingParty):
         self._inbox: dict[str, np.ndarray] = {}
         self._inbox_round: int | None = None
         self._predict_inbox: dict[str, np.ndarray] = {}
-        ready = {"n_train": len(self.train_rows.ids), "n_test": len(self.test_rows.ids)}
+        ready = self._ready_payload()
         self._keyring = None
         if config.protocol == "paillier":
             self._keyring = ActiveKeyring(

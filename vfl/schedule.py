@@ -81,3 +81,114 @@ class BatchSchedule:
 
     def round_ids(self, round: int) -> np.ndarray:
         return self.ids[self.positions(round)]
+
+
+# -- data added in slices / arriving over time (unlearning, DESIGN section 7) ---------------
+@dataclass(frozen=True)
+class SlicePlan:
+    """Training rows join in ``slices`` waves: phase ``k`` trains on slices ``0..k``.
+
+    A row's slice is either its explicit admission wave (``admission``: id -> slice, data
+    arriving over time) or a keyed hash of (seed, id) (SISA slicing). Phase ``k`` runs
+    ``epochs_per_slice`` epochs over the rows of slices ``0..k``; the phase lengths of
+    ``0..k-1`` do not depend on any row of slice ``k``, so a patient admitted in slice ``k``
+    leaves every round before phase ``k`` unchanged. The scaler is fitted on slice 0 (the
+    rows present at setup); later slices do not change it.
+    """
+
+    slices: int
+    epochs_per_slice: int | None = None  # None: the training config's epochs
+    admission: tuple[tuple[str, int], ...] | None = None
+
+    def __post_init__(self):
+        if self.slices < 1:
+            raise ValueError(f"slices must be >= 1, got {self.slices}")
+        if self.epochs_per_slice is not None and self.epochs_per_slice < 1:
+            raise ValueError(f"epochs_per_slice must be >= 1, got {self.epochs_per_slice}")
+
+    @classmethod
+    def from_admission(cls, admission, epochs_per_slice: int | None = None) -> SlicePlan:
+        """Arrival over time: ``admission`` maps id -> wave (0 = present at setup)."""
+        items = tuple(sorted((str(k), int(v)) for k, v in dict(admission).items()))
+        n = 1 + max((v for _, v in items), default=0)
+        return cls(n, epochs_per_slice, items)
+
+    def slice_of(self, ids, seed: int) -> np.ndarray:
+        if self.admission is not None:
+            table = dict(self.admission)
+            missing = [i for i in ids if str(i) not in table]
+            if missing:
+                raise ValueError(
+                    f"{len(missing)} training ids have no admission wave (e.g. {missing[0]!r});"
+                    " give every training row an admission wave"
+                )
+            return np.fromiter((table[str(i)] for i in ids), np.int64, len(ids))
+        return np.fromiter(
+            (_keyed_hash("slice", seed, i) % self.slices for i in ids), np.int64, len(ids)
+        )
+
+    def to_json(self) -> dict:
+        out = {"slices": self.slices, "epochs_per_slice": self.epochs_per_slice}
+        if self.admission is not None:
+            out["admission"] = [list(x) for x in self.admission]
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict) -> SlicePlan:
+        adm = obj.get("admission")
+        return cls(
+            int(obj["slices"]),
+            obj.get("epochs_per_slice"),
+            None if adm is None else tuple((str(k), int(v)) for k, v in adm),
+        )
+
+
+class SlicedSchedule:
+    """Round r -> row positions under a :class:`SlicePlan` (same interface as
+    :class:`BatchSchedule`: ``positions``, ``round_ids``, ``n_rounds``)."""
+
+    def __init__(self, ids, slice_idx, n_slices: int, seed: int, batch_size: int, epochs: int):
+        self.ids = np.asarray(ids, dtype=object)
+        self.slice_idx = np.asarray(slice_idx, dtype=np.int64)
+        self.n_slices, self.seed, self.batch_size, self.epochs = n_slices, seed, batch_size, epochs
+        self.members: list[np.ndarray] = []
+        self.steps: list[int] = []
+        self.phase_starts: list[int] = []
+        start = 0
+        for k in range(n_slices):
+            members = np.flatnonzero(self.slice_idx <= k)
+            spe = math.ceil(len(members) / batch_size) if len(members) else 0
+            self.members.append(members)
+            self.steps.append(spe)
+            self.phase_starts.append(start)
+            start += spe * epochs
+        self._n_rounds = start
+        self._cache: tuple[int, int, np.ndarray] | None = None
+
+    @property
+    def n_rounds(self) -> int:
+        return self._n_rounds
+
+    def phase_of(self, round: int) -> int:
+        for k in range(self.n_slices - 1, -1, -1):
+            if round >= self.phase_starts[k] and self.steps[k]:
+                return k
+        raise ValueError(f"round {round} is before the first phase")
+
+    def positions(self, round: int) -> np.ndarray:
+        if not 0 <= round < self._n_rounds:
+            raise ValueError(f"round {round} outside 0..{self._n_rounds - 1}")
+        k = self.phase_of(round)
+        epoch, step = divmod(round - self.phase_starts[k], self.steps[k])
+        if self._cache is None or self._cache[:2] != (k, epoch):
+            members = self.members[k]
+            keys = np.fromiter(
+                (_keyed_hash("batch", self.seed, k, epoch, i) for i in self.ids[members]),
+                dtype=np.uint64,
+                count=len(members),
+            )
+            self._cache = (k, epoch, members[np.argsort(keys, kind="stable")])
+        return self._cache[2][step * self.batch_size : (step + 1) * self.batch_size]
+
+    def round_ids(self, round: int) -> np.ndarray:
+        return self.ids[self.positions(round)]

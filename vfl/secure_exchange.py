@@ -83,7 +83,9 @@ class ActiveKeyring:
         self.public_key, self._private_key = generate_keypair(
             key_bits, insecure_test_key=insecure_test_key
         )
-        self._randomness = RandomnessPool(self.public_key)
+        # The key holder computes r^n mod p^2 and mod q^2 separately (CRT): same values,
+        # about 3x cheaper than working mod n^2.
+        self._randomness = RandomnessPool(self.public_key, private_key=self._private_key)
 
     @property
     def private_key(self) -> PrivateKey:  # party-local use only

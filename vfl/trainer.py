@@ -29,6 +29,7 @@ from vfl.config import TrainConfig
 from vfl.errors import CheckpointError, ProtocolError
 from vfl.federation import Federation
 from vfl.parties import PartyState
+from vfl.schedule import SlicePlan
 from vfl.progress import progress_bar
 
 
@@ -56,16 +57,24 @@ CheckpointCallback = Callable[[RoundRecord], None]
 class SplitTrainer:
     """Drives split training through the coordinator; never touches a party's data."""
 
-    def __init__(self, federation: Federation, config: TrainConfig):
+    def __init__(
+        self, federation: Federation, config: TrainConfig, *, slices: SlicePlan | None = None
+    ):
         self.federation = federation
         self.config = config
         self.coordinator = federation.coordinator
         self._setup_done = False
         self.n_train = 0
+        # Optional: training rows added in slices / arriving over time (DESIGN section 7).
+        self.slices = slices
+        self._sliced_rounds: int | None = None
+        self.phase_starts: list[int] = [0]
 
     def setup(self) -> None:
         fed, c = self.federation, self.coordinator
         base = {"config": self.config.to_json(), "active": fed.active, "passives": fed.passives}
+        if self.slices is not None:
+            base["slices"] = self.slices.to_json()
         # The active party answers first: under the paillier protocol its reply carries the
         # public key, which the coordinator relays to the passives (public).
         (ready,) = c.exchange([c.request(fed.active, "train.setup", base)])
@@ -77,12 +86,20 @@ class SplitTrainer:
         if len(counts) != 1:
             raise ProtocolError(f"parties disagree on the train/test split sizes: {counts}")
         self.n_train, self.n_test = counts.pop()
+        if self.slices is not None:
+            plans = {(m.payload["n_rounds"], tuple(m.payload["phase_starts"])) for m in replies}
+            if len(plans) != 1:
+                raise ProtocolError(f"parties disagree on the slice schedule: {plans}")
+            self._sliced_rounds, starts = plans.pop()
+            self.phase_starts = list(starts)
         if self.n_train == 0:
             raise ProtocolError("no training rows after the split; lower test_fraction")
         self._setup_done = True
 
     @property
     def n_rounds(self) -> int:
+        if self._sliced_rounds is not None:
+            return self._sliced_rounds
         spe = max(1, -(-self.n_train // self.config.batch_size))
         return self.config.epochs * spe
 
@@ -110,6 +127,12 @@ class SplitTrainer:
             loss=loss,
             config_digest=self.config.digest(),
         )
+
+    def setup_ids(self) -> dict[str, tuple[str, ...]]:
+        """Per party, the ids whose rows influenced setup (each party's scaler fit);
+        party-local calls, like :meth:`snapshot`."""
+        fed = self.federation
+        return {n: fed.parties[n].setup_ids() for n in fed.names}
 
     def restore(self, record: RoundRecord) -> None:
         if record.config_digest != self.config.digest():

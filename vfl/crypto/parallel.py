@@ -165,6 +165,34 @@ def task_obfuscators(base, modulus, exp_bits: int, window: int, count: int) -> l
     return [table.pow(secrets.randbits(exp_bits)) for _ in range(count)]
 
 
+def crt_obfuscators(params: tuple, count: int) -> list:
+    """``count`` obfuscators ``h_n ** a mod n^2`` computed with the factorization of ``n``.
+
+    ``params = (base_p, p^2, p - 1, base_q, q^2, q - 1, exp_bits, window, (p^2)^-1 mod q^2)``
+    with ``base_p = h_n mod p^2`` (likewise for ``q``). ``a`` is drawn exactly as in the public
+    path (uniform below ``2**exp_bits``, from :mod:`secrets`); since ``h_n mod p^2`` lies in
+    the subgroup of order ``p - 1``, ``h_n ** a = base_p ** (a mod (p - 1)) (mod p^2)``, so
+    each side is a half-length exponent modulo a half-size modulus, and the CRT recombines
+    the *same value* the public computation would give.
+    """
+    import secrets
+
+    base_p, p2, pm1, base_q, q2, qm1, exp_bits, window, p2_inv = params
+    tp = cached_table(base_p, p2, int(pm1.bit_length()), window)
+    tq = cached_table(base_q, q2, int(qm1.bit_length()), window)
+    out = []
+    for _ in range(count):
+        a = secrets.randbits(exp_bits)
+        xp = tp.pow(a % pm1)
+        xq = tq.pow(a % qm1)
+        out.append(xp + (xq - xp) * p2_inv % q2 * p2)
+    return out
+
+
+def task_obfuscators_crt(params: tuple, count: int) -> list:
+    return crt_obfuscators(params, count)
+
+
 def task_decrypt(params: tuple, ciphertexts: list) -> list:
     return crt_decrypt(params, ciphertexts)
 

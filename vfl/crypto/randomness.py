@@ -23,6 +23,14 @@ Two exponent lengths:
   ``h^a`` with a full-length one (the short-exponent / "DSR with short exponents"
   indistinguishability used by DJN). Opt in only if that assumption is acceptable.
 
+Key holder (CRT). A party that encrypts under its *own* key (the active party, for
+``[[delta]]``) may pass ``private_key=``: the same ``h_n ** a`` is then computed modulo
+``p^2`` and ``q^2`` with exponents ``a mod (p - 1)`` and ``a mod (q - 1)`` (``h_n`` is an
+``n``-th residue, so its order modulo ``p^2`` divides ``p - 1``) and recombined with the CRT.
+The output distribution is *identical* to the public path (same ``h``, same ``a``, same
+value); it costs two half-length fixed-base exponentiations modulo half-size moduli, about
+3-4x less. The private key never leaves the process except to the party's own workers.
+
 A :class:`RandomnessPool` can precompute obfuscators ahead of time (they do not depend on the
 plaintext), so online encryption costs one modular multiplication per value. Each obfuscator
 is handed out once and then dropped.
@@ -36,9 +44,17 @@ from collections import deque
 import gmpy2
 from gmpy2 import mpz
 
+from vfl.crypto.errors import WrongKeyError
 from vfl.crypto.fixedbase import FixedBaseTable
-from vfl.crypto.keys import PublicKey
-from vfl.crypto.parallel import WorkerPool, resolve_pool, split, task_obfuscators
+from vfl.crypto.keys import PrivateKey, PublicKey
+from vfl.crypto.parallel import (
+    WorkerPool,
+    crt_obfuscators,
+    resolve_pool,
+    split,
+    task_obfuscators,
+    task_obfuscators_crt,
+)
 
 #: Length of ``a`` in the short-exponent mode (2 x 128-bit security, after DJN).
 SHORT_EXPONENT_BITS = 256
@@ -60,6 +76,8 @@ class RandomnessPool:
     short-exponent indistinguishability assumption described in the module docstring.
     ``window`` sets the fixed-base table's digit width (default 7 bits, or 8 for short
     exponents). ``pool`` parallelizes :meth:`precompute` and large :meth:`draw` calls.
+    ``private_key`` (the key holder only) switches to the CRT computation of the same values
+    (see the module docstring); the CRT tables use 8-bit windows.
     """
 
     def __init__(
@@ -69,8 +87,11 @@ class RandomnessPool:
         short_exponent: bool = False,
         window: int | None = None,
         pool: WorkerPool | int | None = None,
+        private_key: PrivateKey | None = None,
     ):
         self.public_key = public_key
+        if private_key is not None and private_key.public_key != public_key:
+            raise WrongKeyError("the private key does not match the RandomnessPool's public key")
         self.short_exponent = bool(short_exponent)
         n, n2 = public_key.n, public_key.nsquare
         if self.short_exponent:
@@ -81,9 +102,28 @@ class RandomnessPool:
         x = _random_unit(n)
         h = (-(x * x)) % n  # DJN: h = -x^2 mod n
         self._h_n = gmpy2.powmod(h, n, n2)
+        self._crt: tuple | None = None
+        if private_key is not None:
+            p2, q2 = private_key.psquare, private_key.qsquare
+            self._crt = (
+                self._h_n % p2,
+                p2,
+                private_key.p - 1,
+                self._h_n % q2,
+                q2,
+                private_key.q - 1,
+                self.exp_bits,
+                int(window or 8),
+                gmpy2.invert(p2, q2),
+            )
         self._table: FixedBaseTable | None = None
         self._pool = pool
         self._store: deque = deque()
+
+    @property
+    def uses_crt(self) -> bool:
+        """True when obfuscators are computed with the private key (key holder only)."""
+        return self._crt is not None
 
     @property
     def available(self) -> int:
@@ -102,6 +142,14 @@ class RandomnessPool:
             return []
         wp = resolve_pool(self._pool if pool is None else pool)
         parts = wp.parallel_for(count)
+        if self._crt is not None:
+            if parts == 1:
+                return crt_obfuscators(self._crt, count)
+            sizes = [len(c) for c in split(range(count), parts)]
+            out = []
+            for chunk in wp.map(task_obfuscators_crt, [(self._crt, s) for s in sizes]):
+                out.extend(chunk)
+            return out
         if parts == 1:
             table = self._local_table()
             return [table.pow(secrets.randbits(self.exp_bits)) for _ in range(count)]

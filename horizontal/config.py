@@ -1,0 +1,163 @@
+"""The public configuration of a horizontal federation (sent to every client at setup).
+
+Its digest is stored in every checkpoint record, so a resume under different settings is
+refused instead of silently producing a different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from horizontal.errors import FedConfigError, NoClientsSampledError
+from horizontal.heterogeneity import SystemsConfig
+from vfl.tasks import Task
+
+ALGORITHMS = ("fedavg", "scaffold")
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
+COMPRESSIONS = ("none", "int8", "int4", "topk")
+CLIENT_OPTIMIZERS = ("sgd", "momentum")
+PERSONALIZATION = ("none", "fedper")
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    task: Task = field(default_factory=lambda: Task("binary"))
+    hidden: tuple[int, ...] = (16,)  # () is logistic regression
+    rounds: int = 20
+    clients_per_round: int | None = None  # a count, or
+    fraction: float | None = None  # a fraction of the clients; neither: all clients
+    local_epochs: int = 1
+    batch_size: int = 32
+    client_lr: float = 0.05
+    client_optimizer: str = "sgd"
+    mu: float = 0.0  # FedProx proximal weight (0: FedAvg)
+    algorithm: str = "fedavg"
+    server_optimizer: str = "fedavg"
+    server_lr: float | None = None  # None: 1.0 for fedavg/fedavgm, 0.03 for adaptive ones
+    aggregator: str = "mean"
+    trim_fraction: float = 0.1
+    krum_f: int = 1
+    compression: str = "none"
+    topk_fraction: float = 0.1
+    error_feedback: bool = True
+    personalization: str = "none"
+    seed: int = 0
+    test_fraction: float = 0.3
+    systems: SystemsConfig = field(default_factory=SystemsConfig)
+    straggler_policy: str = "partial"  # or "drop"
+    on_bad_update: str = "drop"  # or "raise"
+    on_empty_round: str = "skip"  # "retry" (re-sample other clients) or "raise"
+    max_retries: int = 2
+
+    def __post_init__(self):
+        checks = [
+            ("algorithm", ALGORITHMS),
+            ("server_optimizer", SERVER_OPTIMIZERS),
+            ("aggregator", AGGREGATORS),
+            ("compression", COMPRESSIONS),
+            ("client_optimizer", CLIENT_OPTIMIZERS),
+            ("personalization", PERSONALIZATION),
+            ("straggler_policy", ("partial", "drop")),
+            ("on_bad_update", ("drop", "raise")),
+            ("on_empty_round", ("skip", "retry", "raise")),
+        ]
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise FedConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        positive = {"rounds": self.rounds, "local_epochs": self.local_epochs,
+                    "batch_size": self.batch_size, "client_lr": self.client_lr}
+        for name, value in positive.items():
+            if value <= 0:
+                raise FedConfigError(f"{name} must be positive, got {value}")
+        if self.mu < 0:
+            raise FedConfigError(f"mu (FedProx) must be >= 0, got {self.mu}")
+        if self.server_lr is not None and self.server_lr <= 0:
+            raise FedConfigError(f"server_lr must be positive, got {self.server_lr}")
+        if self.clients_per_round is not None and self.fraction is not None:
+            raise FedConfigError("give clients_per_round or fraction, not both")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise FedConfigError(
+                f"fraction must be in (0, 1], got {self.fraction}; use clients_per_round "
+                "for a fixed count"
+            )
+        if self.clients_per_round is not None and self.clients_per_round < 1:
+            raise NoClientsSampledError(
+                f"clients_per_round={self.clients_per_round} samples no client; use >= 1"
+            )
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise FedConfigError(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if not 0.0 < self.topk_fraction <= 1.0:
+            raise FedConfigError(f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise FedConfigError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.algorithm == "scaffold" and self.client_optimizer != "sgd":
+            raise FedConfigError("SCAFFOLD's control variates assume client_optimizer='sgd'")
+
+    @property
+    def effective_server_lr(self) -> float:
+        if self.server_lr is not None:
+            return self.server_lr
+        return 1.0 if self.server_optimizer in ("fedavg", "fedavgm") else 0.03
+
+    def sample_size(self, n_clients: int) -> int:
+        """Clients per round for a federation of ``n_clients``; raises if that is zero."""
+        if self.clients_per_round is not None:
+            m = min(self.clients_per_round, n_clients)
+        elif self.fraction is not None:
+            m = int(math.floor(self.fraction * n_clients + 1e-9))
+        else:
+            m = n_clients
+        if m < 1:
+            raise NoClientsSampledError(
+                f"fraction={self.fraction} of {n_clients} clients samples no client per "
+                f"round; raise the fraction to at least {1 / max(n_clients, 1):.3g} or set "
+                "clients_per_round"
+            )
+        return m
+
+    def to_json(self) -> dict:
+        return {
+            "task": {"kind": self.task.kind, "n_classes": self.task.n_classes},
+            "hidden": list(self.hidden),
+            "rounds": self.rounds,
+            "clients_per_round": self.clients_per_round,
+            "fraction": self.fraction,
+            "local_epochs": self.local_epochs,
+            "batch_size": self.batch_size,
+            "client_lr": self.client_lr,
+            "client_optimizer": self.client_optimizer,
+            "mu": self.mu,
+            "algorithm": self.algorithm,
+            "server_optimizer": self.server_optimizer,
+            "server_lr": self.server_lr,
+            "aggregator": self.aggregator,
+            "trim_fraction": self.trim_fraction,
+            "krum_f": self.krum_f,
+            "compression": self.compression,
+            "topk_fraction": self.topk_fraction,
+            "error_feedback": self.error_feedback,
+            "personalization": self.personalization,
+            "seed": self.seed,
+            "test_fraction": self.test_fraction,
+            "systems": self.systems.to_json(),
+            "straggler_policy": self.straggler_policy,
+            "on_bad_update": self.on_bad_update,
+            "on_empty_round": self.on_empty_round,
+            "max_retries": self.max_retries,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> FedConfig:
+        obj = dict(obj)
+        t = obj.pop("task")
+        obj["task"] = Task(t["kind"], t["n_classes"])
+        obj["hidden"] = tuple(obj["hidden"])
+        obj["systems"] = SystemsConfig.from_json(obj["systems"])
+        return cls(**obj)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()

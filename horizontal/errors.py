@@ -1,0 +1,56 @@
+"""Exceptions of the horizontal (FedAvg-family) engine.
+
+Each bad input gets its own class and a message that names the client and says what to
+do. All derive from :class:`vfl.errors.VFLError`, so callers can catch the whole family.
+The server validates an update *before* it touches any state, so a rejected update never
+corrupts the global model; the round policy (``FedConfig.on_bad_update`` and
+``on_empty_round``) decides whether the round goes on without it, is retried or is skipped.
+"""
+
+from __future__ import annotations
+
+from vfl.errors import ConfigError, ProtocolError, SchemaMismatchError, VFLError
+
+
+class HorizontalError(VFLError):
+    """Base class of the horizontal engine's errors."""
+
+
+class FedConfigError(HorizontalError, ConfigError):
+    """A federated training setting is invalid."""
+
+
+class ClientSchemaError(HorizontalError, SchemaMismatchError):
+    """A client's columns differ from the federation's agreed schema."""
+
+
+class BadUpdateError(HorizontalError, ProtocolError):
+    """A client's update cannot be aggregated (the round goes on without it, by policy)."""
+
+    def __init__(self, client: str, message: str):
+        super().__init__(message)
+        self.client = client
+
+
+class UpdateShapeError(BadUpdateError, ValueError):
+    """An update has the wrong shape or an undecodable compressed payload."""
+
+
+class NonFiniteUpdateError(BadUpdateError, ValueError):
+    """An update contains NaN or Inf."""
+
+
+class InvalidExampleCountError(BadUpdateError, ValueError):
+    """A client reported zero or a negative number of examples."""
+
+
+class NoClientsSampledError(FedConfigError):
+    """The sampling fraction or count selects no client."""
+
+
+class EmptyRoundError(HorizontalError):
+    """No usable update arrived in a round (every client dropped out or was rejected)."""
+
+
+class AllClientsDroppedError(EmptyRoundError):
+    """Every sampled client dropped out of a round."""

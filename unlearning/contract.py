@@ -1,0 +1,70 @@
+"""The trainer side of the unlearning contract (DESIGN section 6), trainer-agnostic.
+
+An :class:`Adapter` rebuilds a run's trainers from the run manifest, minus erased patients,
+and converts between the trainer's own round records and store :class:`Checkpoint` s. The
+vertical adapter is :class:`unlearning.vertical.VerticalAdapter`; a horizontal trainer
+plugs in by implementing the same methods and registering under its ``mode``.
+
+A trainer must be deterministic and round-based: the state after round r depends only on
+the seed, the state after r-1 and the rows round r used; a replay without some patients
+from a checkpoint they did not influence must equal a retrain without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from unlearning.store import Checkpoint
+
+
+class ModelTrainer(Protocol):
+    """One trained model (the whole model, or one SISA shard) of a run."""
+
+    n_rounds: int
+    phase_starts: list[int]
+
+    def setup(self) -> None: ...
+
+    def setup_ids(self) -> dict[str, tuple[str, ...]]: ...
+
+
+class Adapter(Protocol):
+    mode: str
+
+    def models(self) -> list[str]: ...
+
+    def trainer(self, model: str) -> ModelTrainer: ...
+
+    def fit(
+        self,
+        model: str,
+        trainer: ModelTrainer,
+        on_checkpoint: Callable[[Checkpoint], None] | None,
+        resume: Checkpoint | None,
+    ) -> None: ...
+
+    def load(self, model: str, trainer: ModelTrainer, ckpt: Checkpoint) -> None: ...
+
+    def final_state(self, trainer: ModelTrainer) -> dict[str, dict]: ...
+
+    def holders(self, pid: str) -> list[str]: ...
+
+    def scores(self, trainers: dict[str, ModelTrainer], ids) -> np.ndarray: ...
+
+    def labels(self, ids) -> np.ndarray: ...
+
+    def split_ids(self) -> dict[str, list[str]]: ...
+
+
+ADAPTERS: dict[str, Callable] = {}
+
+
+def register(mode: str):
+    def deco(cls):
+        ADAPTERS[mode] = cls
+        return cls
+
+    return deco

@@ -1,0 +1,42 @@
+"""Exceptions of the unlearning package; each message says what to do next."""
+
+from __future__ import annotations
+
+from vfl.errors import VFLError
+
+
+class UnlearningError(VFLError):
+    """Base class of every unlearning error."""
+
+
+class RunDirError(UnlearningError):
+    """The run directory is missing, incomplete or of an unknown format."""
+
+
+class CheckpointMissingError(UnlearningError):
+    """A checkpoint the index names is not on disk."""
+
+
+class CheckpointCorruptedError(UnlearningError):
+    """A checkpoint file's SHA-256 does not match the manifest."""
+
+
+class UnknownPatientError(UnlearningError):
+    """The patient id is not held by any party of the run."""
+
+
+class AuditLogError(UnlearningError):
+    """The audit log cannot be read or appended to."""
+
+
+class AuditTamperError(AuditLogError):
+    """Verification found an edited, deleted, inserted or reordered entry."""
+
+
+class ErasureInterrupted(UnlearningError):
+    """An erasure stopped part-way (a simulated crash in tests); reopen the run and call
+    ``ErasureService.recover()`` (``vfl erase`` does this) to finish it."""
+
+
+class MethodUnavailableError(UnlearningError):
+    """The requested unlearning method does not apply to this run."""

@@ -1,0 +1,212 @@
+"""A run directory: what `vfl erase`, `vfl lineage` and `vfl audit verify` work on.
+
+Layout::
+
+    RUN_DIR/run.json        manifest: mode, dataset (loader name/factory + kwargs), training
+                            config JSON, SISA/arrival settings, retention, published models
+    RUN_DIR/aligned.json    each party's PSI result (pseudonymous ids), so replays skip PSI
+    RUN_DIR/erased.json     erased patient -> request id (the parties' deletion registry)
+    RUN_DIR/store/          content-addressed checkpoints (unlearning.store)
+    RUN_DIR/lineage.json    lineage graph (unlearning.lineage)
+    RUN_DIR/audit.jsonl     hash-chained audit log (+ audit.head)
+    RUN_DIR/certificates/   one JSON certificate per served request
+    RUN_DIR/journal/        in-flight erasures (crash recovery)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from unlearning.audit_log import AuditLog
+from unlearning.contract import ADAPTERS
+from unlearning.errors import RunDirError
+from unlearning.lineage import Lineage, round_node
+from unlearning.store import Checkpoint, CheckpointStore, Retention, atomic_write, sha256
+
+RUN_FORMAT = "vfl-unlearning-run/1"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest = self.path / "run.json"
+        if not manifest.exists():
+            raise RunDirError(
+                f"{self.path} is not an unlearning run directory (no run.json); create one with "
+                "`python -m scenarios.erasure_request --out DIR` or unlearning.run.train_run"
+            )
+        self.spec = json.loads(manifest.read_text())
+        if self.spec.get("format") != RUN_FORMAT:
+            raise RunDirError(f"{manifest} has format {self.spec.get('format')!r}, "
+                              f"expected {RUN_FORMAT!r}")
+        if self.spec["mode"] not in ADAPTERS:
+            raise RunDirError(
+                f"run mode {self.spec['mode']!r} has no unlearning adapter; available: "
+                f"{sorted(ADAPTERS)}"
+            )
+        self.fsync = bool(self.spec.get("fsync", True))
+        self.store = CheckpointStore(self.path / "store", fsync=self.fsync)
+        self.audit = AuditLog(self.path / "audit.jsonl", fsync=self.fsync)
+        self.lineage_path = self.path / "lineage.json"
+        self.lineage = Lineage.load(self.lineage_path)
+        self.cert_dir = self.path / "certificates"
+        self.journal_dir = self.path / "journal"
+
+    # -- manifest pieces -------------------------------------------------------------------
+    @property
+    def aligned(self) -> list[str]:
+        return json.loads((self.path / "aligned.json").read_text())
+
+    def erased(self) -> dict[str, str]:
+        p = self.path / "erased.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def record_erased(self, pids, request_id: str) -> None:
+        erased = self.erased()
+        for pid in pids:
+            erased.setdefault(pid, request_id)
+        atomic_write(self.path / "erased.json", json.dumps(erased, indent=1, sort_keys=True),
+                     fsync=self.fsync)
+
+    def save_spec(self) -> None:
+        atomic_write(self.path / "run.json", json.dumps(self.spec, indent=1), fsync=self.fsync)
+
+    def adapter(self, extra_erased=()):
+        return ADAPTERS[self.spec["mode"]](
+            self.spec, self.aligned, set(self.erased()) | set(extra_erased)
+        )
+
+    def retention(self, trainer) -> Retention:
+        r = self.spec.get("retention") or {}
+        bounds = set()
+        if r.get("slice_boundaries", True):
+            bounds = {s - 1 for s in trainer.phase_starts[1:]}
+        return Retention(int(r.get("every", 1)), frozenset(bounds))
+
+    def certificate(self, request_id: str) -> dict | None:
+        p = self.cert_dir / f"{request_id}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    # -- consistency -----------------------------------------------------------------------
+    def consistency(self) -> list[str]:
+        """Problems between store, lineage, log and deletion registry (empty = consistent)."""
+        problems = list(self.store.verify())
+        pending = sorted(self.journal_dir.glob("*.json")) if self.journal_dir.exists() else []
+        problems += [f"erasure {p.stem} is still in flight; run recovery" for p in pending]
+        orphans = self.store.blob_digests() - self.store.referenced()
+        if orphans:
+            problems.append(f"{len(orphans)} unreferenced checkpoint objects (stale) on disk")
+        logged = set()
+        for e in self.audit.entries():
+            if e["kind"] in ("checkpoint", "erasure.committed"):
+                for c in e["data"].get("checkpoints", [e["data"]]):
+                    logged.add(c.get("digest"))
+        lin = {
+            (a["model"], a["round"], a["digest"])
+            for _, a in self.lineage.g.nodes(data=True)
+            if a.get("kind") == "checkpoint"
+        }
+        for model in self.store.models():
+            for r in self.store.rounds(model):
+                d = self.store.entry(model, r)["digest"]
+                if d not in logged:
+                    problems.append(f"checkpoint {model}@{r} has no audit entry")
+                if (model, r, d) not in lin:
+                    problems.append(f"checkpoint {model}@{r} is not in the lineage graph")
+        if len(lin) != sum(len(self.store.rounds(m)) for m in self.store.models()):
+            problems.append("the lineage graph names checkpoints the store does not hold")
+        for pid in self.erased():
+            if self.lineage.contributions(pid):
+                problems.append(f"erased patient {pid} still has lineage contributions")
+        audit = self.audit.verify()
+        if not audit.ok:
+            problems.append(f"audit log: {audit.reason}")
+        return problems
+
+
+def record_model(run: RunDir, lineage: Lineage, index: dict, adapter, model: str, trainer,
+                 resume: Checkpoint | None, log_each: bool) -> list[dict]:
+    """Fit ``model`` (from ``resume`` or from scratch), writing retained checkpoints into
+    ``index`` and rounds into ``lineage``. Returns the written checkpoint entries."""
+    if not trainer._setup_done:
+        trainer.setup()
+    first = 0 if resume is None else resume.round + 1
+    lineage.drop_model_from(model, first)
+    run.store.drop_rounds(model, [r for r in run.store.rounds(model, index) if r >= first], index)
+    if resume is None:
+        lineage.add_setup(model, trainer.setup_ids())
+    keep = run.retention(trainer)
+    last = trainer.n_rounds - 1
+    written = []
+
+    def on_checkpoint(ckpt: Checkpoint) -> None:
+        lineage.add_round(model, ckpt.round, ckpt.ids_used)
+        if keep.keep(ckpt.round, last):
+            entry = run.store.write(ckpt, index)
+            lineage.add_checkpoint(model, ckpt.round, entry["digest"])
+            item = {"model": model, "round": ckpt.round, "digest": entry["digest"]}
+            written.append(item)
+            if log_each:
+                run.store.flush(index)
+                run.audit.append("checkpoint", **item, parties=entry["parties"])
+
+    adapter.fit(model, trainer, on_checkpoint, resume)
+    index["models"].setdefault(model, {"rounds": {}})["final_round"] = last
+    return written
+
+
+def publish(run: RunDir, lineage: Lineage, index: dict, adapter) -> dict:
+    version = int(run.spec.get("published", {}).get("version", 0)) + 1
+    finals = {m: index["models"][m]["final_round"] for m in adapter.models()}
+    sources = [round_node(m, r) for m, r in finals.items()]
+    name = "ensemble" if len(finals) > 1 else "model"
+    lineage.publish(name, sources, version=version)
+    digests = {m: index["models"][m]["rounds"][str(r)]["digest"] for m, r in finals.items()}
+    return {"name": name, "version": version, "final_rounds": finals, "digests": digests}
+
+
+def train_run(path: str | Path, spec: dict, *, progress: bool = False) -> RunDir:
+    """Train every model of a new run with checkpoints, lineage and audit entries."""
+    from unlearning.vertical import load_tables
+
+    path = Path(path)
+    if (path / "run.json").exists():
+        raise RunDirError(f"{path} already holds a run; choose an empty --out folder")
+    path.mkdir(parents=True, exist_ok=True)
+    spec = {"format": RUN_FORMAT, **spec}
+    t0 = time.perf_counter()
+    if "aligned" not in spec:
+        # Private set intersection once; each party stores its own result.
+        from vfl.federation import Federation
+
+        tables, active = load_tables(spec["dataset"])
+        fed = Federation.from_tables(tables, active)
+        fed.align(progress=progress)
+        aligned = [str(i) for i in fed.parties[active].aligned_ids]
+    else:
+        aligned = list(spec.pop("aligned"))
+    atomic_write(path / "aligned.json", json.dumps(aligned))
+    atomic_write(path / "run.json", json.dumps(spec, indent=1))
+    run = RunDir(path)
+    run.audit.append("run.started", spec_sha256=sha256(json.dumps(spec, sort_keys=True).encode()),
+                     mode=spec["mode"], aligned=len(aligned))
+    adapter = run.adapter()
+    index, lineage = run.store.index, run.lineage
+    times = {}
+    for model in adapter.models():
+        t = time.perf_counter()
+        record_model(run, lineage, index, adapter, model, adapter.trainer(model), None, True)
+        times[model] = time.perf_counter() - t
+    run.store.flush(index)
+    pub = publish(run, lineage, index, adapter)
+    lineage.save(run.lineage_path, fsync=run.fsync)
+    run.spec["published"] = pub
+    run.spec["train_seconds"] = time.perf_counter() - t0
+    run.spec["model_seconds"] = times
+    run.save_spec()
+    run.audit.append("model.published", **pub)
+    run.audit.append("run.finished", seconds=run.spec["train_seconds"],
+                     index_sha256=run.store.index_digest())
+    return run

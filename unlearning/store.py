@@ -1,0 +1,240 @@
+"""Content-addressed checkpoint store (DESIGN section 6).
+
+Layout under ``root`` (``RUN_DIR/store``)::
+
+    objects/ab/abcdef...   one blob per party/client state, named by its SHA-256
+    index.json             the manifest: per model and round, the party -> SHA-256 map
+
+Blobs are ``flax.serialization.msgpack_serialize`` bytes (never pickle) of a state tree:
+nested dicts/lists of numpy arrays, numbers and strings. Every write is atomic (temporary
+file, fsync, rename) and the index is written only after the blobs it names, so a crash
+never leaves a half checkpoint: at worst an unreferenced blob, which :meth:`gc` removes.
+Reading a blob checks its hash (:class:`CheckpointCorruptedError`).
+
+The store is trainer-agnostic: a trainer (vertical or horizontal) hands it a
+:class:`Checkpoint` (model name, round, per-party state trees, per-party ids used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flax import serialization
+
+from unlearning.errors import CheckpointCorruptedError, CheckpointMissingError
+
+INDEX_FORMAT = "vfl-checkpoint-index/1"
+
+
+def atomic_write(path: Path, data: bytes | str, *, fsync: bool = True) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """What a trainer hands the store after a round (the checkpoint contract)."""
+
+    model: str
+    round: int
+    states: dict[str, dict]  # party/client -> state tree
+    ids_used: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    loss: float = float("nan")
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which rounds keep a checkpoint: every ``every``-th round (counting from round
+    ``every - 1``), the given slice ``boundaries`` (last round of each slice phase) and
+    always the final round (the published model)."""
+
+    every: int = 1
+    boundaries: frozenset[int] = frozenset()
+
+    def keep(self, round: int, last_round: int) -> bool:
+        if round == last_round or round in self.boundaries:
+            return True
+        return self.every > 0 and (round + 1) % self.every == 0
+
+    def to_json(self) -> dict:
+        return {"every": self.every, "boundaries": sorted(self.boundaries)}
+
+    @classmethod
+    def from_json(cls, obj: dict | None) -> Retention:
+        obj = obj or {}
+        return cls(int(obj.get("every", 1)), frozenset(int(b) for b in obj.get("boundaries", ())))
+
+
+class CheckpointStore:
+    def __init__(self, root: str | Path, *, fsync: bool = True):
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.index_path = self.root / "index.json"
+        self.fsync = fsync
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.index = self._read_index()
+
+    # -- blobs -----------------------------------------------------------------------------
+    def _blob_path(self, digest: str) -> Path:
+        return self.objects / digest[:2] / digest
+
+    def put_blob(self, data: bytes) -> str:
+        digest = sha256(data)
+        path = self._blob_path(digest)
+        if not path.exists():
+            atomic_write(path, data, fsync=self.fsync)
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        path = self._blob_path(digest)
+        if not path.exists():
+            raise CheckpointMissingError(
+                f"checkpoint object {digest[:12]} is named in the index but missing from "
+                f"{self.objects}; restore the run directory from a backup or retrain"
+            )
+        data = path.read_bytes()
+        if sha256(data) != digest:
+            raise CheckpointCorruptedError(
+                f"checkpoint object {path} does not match its SHA-256 (corrupted or edited); "
+                "the checkpoint cannot be trusted: restore it from a backup or roll back to an "
+                "earlier checkpoint"
+            )
+        return data
+
+    def blob_digests(self) -> set[str]:
+        return {p.name for p in self.objects.glob("*/*") if not p.name.startswith(".")}
+
+    # -- index -----------------------------------------------------------------------------
+    def _read_index(self) -> dict:
+        if not self.index_path.exists():
+            return {"format": INDEX_FORMAT, "models": {}}
+        return json.loads(self.index_path.read_text())
+
+    def flush(self, index: dict | None = None) -> str:
+        """Atomically replace index.json (``index`` or the current one); returns its hash."""
+        if index is not None:
+            self.index = index
+        text = json.dumps(self.index, sort_keys=True, indent=1)
+        atomic_write(self.index_path, text, fsync=self.fsync)
+        return sha256(text.encode())
+
+    def index_digest(self) -> str:
+        return sha256(json.dumps(self.index, sort_keys=True, indent=1).encode())
+
+    def staged(self) -> dict:
+        """A copy of the index to build a replacement in (committed by :meth:`flush`)."""
+        return copy.deepcopy(self.index)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    @staticmethod
+    def encode_state(tree: dict) -> bytes:
+        return serialization.msgpack_serialize(tree)
+
+    def write(self, ckpt: Checkpoint, index: dict | None = None, *, flush: bool = True) -> dict:
+        """Write ``ckpt``'s blobs, then its manifest entry into ``index`` (default: the
+        live index, flushed to disk). Returns the manifest entry."""
+        target = self.index if index is None else index
+        parties = {name: self.put_blob(self.encode_state(st)) for name, st in ckpt.states.items()}
+        entry = {
+            "round": ckpt.round,
+            "loss": None if ckpt.loss != ckpt.loss else float(ckpt.loss),
+            "parties": parties,
+            "meta": ckpt.meta,
+        }
+        entry["digest"] = sha256(json.dumps(entry, sort_keys=True).encode())
+        model = target["models"].setdefault(ckpt.model, {"rounds": {}})
+        model["rounds"][str(ckpt.round)] = entry
+        if index is None and flush:
+            self.flush()
+        return entry
+
+    def models(self, index: dict | None = None) -> list[str]:
+        return sorted((index or self.index)["models"])
+
+    def rounds(self, model: str, index: dict | None = None) -> list[int]:
+        m = (index or self.index)["models"].get(model)
+        return sorted(int(r) for r in m["rounds"]) if m else []
+
+    def entry(self, model: str, round: int) -> dict:
+        try:
+            return self.index["models"][model]["rounds"][str(round)]
+        except KeyError:
+            raise CheckpointMissingError(
+                f"no checkpoint of model {model!r} at round {round}; stored rounds: "
+                f"{self.rounds(model)}"
+            ) from None
+
+    def load(self, model: str, round: int) -> Checkpoint:
+        entry = self.entry(model, round)
+        states = {
+            name: serialization.msgpack_restore(self.get_blob(d))
+            for name, d in entry["parties"].items()
+        }
+        loss = entry["loss"] if entry["loss"] is not None else float("nan")
+        return Checkpoint(model, round, states, {}, loss, dict(entry.get("meta", {})))
+
+    def drop_rounds(self, model: str, rounds: Iterable[int], index: dict) -> None:
+        m = index["models"].get(model)
+        for r in rounds:
+            if m:
+                m["rounds"].pop(str(r), None)
+
+    # -- integrity -------------------------------------------------------------------------
+    def referenced(self, index: dict | None = None) -> set[str]:
+        idx = index or self.index
+        return {
+            d
+            for m in idx["models"].values()
+            for e in m["rounds"].values()
+            for d in e["parties"].values()
+        }
+
+    def gc(self) -> list[str]:
+        """Delete blobs no index entry names (stale or half-written); returns their hashes."""
+        live = self.referenced()
+        gone = []
+        for digest in sorted(self.blob_digests() - live):
+            with contextlib.suppress(FileNotFoundError):
+                self._blob_path(digest).unlink()
+            gone.append(digest)
+        for tmp in self.objects.glob("*/.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return gone
+
+    def verify(self) -> list[str]:
+        """Problems found: missing or corrupted blobs named by the index (empty = sound)."""
+        problems = []
+        for model in self.models():
+            for r in self.rounds(model):
+                for party, d in self.entry(model, r)["parties"].items():
+                    try:
+                        self.get_blob(d)
+                    except (CheckpointMissingError, CheckpointCorruptedError) as exc:
+                        problems.append(f"{model} round {r} {party}: {exc}")
+        return problems

@@ -1,0 +1,309 @@
+"""Label-leakage audit: the attacks of Li et al. (2021) on what a passive party received.
+
+Reference: Oscar Li, Jiankai Sun, Xin Yang, Weihao Gao, Hongyi Zhang, Junyuan Xie, Virginia
+Smith, Chong Wang, "Label Leakage and Protection in Two-party Split Learning", ICLR 2022,
+arXiv:2102.08504. In binary split learning with an imbalanced label, the cut-layer gradient
+``dL/dh`` of a sample is ``(sigmoid(z) - y) * dz/dh``: positives (the rare class) get
+gradients of larger norm, and gradients of positives point one way while those of negatives
+point the other. Two attacks need nothing but the gradients a passive party receives:
+
+* **norm scoring**: score each sample by ``||g||_2``; report the ROC AUC of that score for
+  the positive (minority) class (:func:`norm_scoring_auc`);
+* **direction scoring**: the attacker knows one positive example; score every other sample
+  by the cosine similarity of its gradient with that example's gradient
+  (:func:`direction_scoring_auc`).
+
+AUC 0.5 means the score says nothing about the label; 1.0 means it separates the classes.
+
+The audit replays exactly what a party received: :func:`capture_received` attaches an
+observer to :class:`~vfl.transport.InMemoryTransport` that keeps every decoded message whose
+receiver is that party, and :func:`audit_label_leakage` runs the attacks on them:
+
+* ``plain`` protocol: the passive receives ``train.cut_gradient`` with the per-sample
+  gradients ``g`` of shape ``(rows_in_batch, width)``, rows in the order of the round's batch
+  ids. *Every* received gradient is used (all rounds, all epochs), each labelled with the
+  label of its row id: the paper attacks one epoch's gradients, using all epochs gives the
+  attacker more samples and is at least as informative about the per-row leak.
+* ``paillier`` protocol: the passive receives ``train.enc_cut_gradient`` (ciphertexts under
+  the active party's key) and ``train.masked_gradient_plain`` (its own gradient summed over
+  the batch, still masked by the mask it chose, which it removes itself). No per-sample
+  plaintext reaches it, so the per-sample attacks have nothing to score: their AUC is 0.5 by
+  construction (the report says so instead of running them on ciphertexts). What the passive
+  does learn is its *aggregate* batch gradient. The passive cannot unmask it from the
+  message alone (the mask is its own private state), so the audit takes the unmasked
+  aggregates as an optional input (``aggregate_gradients``) and reports a batch-level score:
+  the AUC of the aggregate-gradient norm for predicting whether a batch holds more positives
+  than the median batch (``batch_norm_auc``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from vfl.messages import Message
+from vfl.metrics import roc_auc
+
+PLAIN_GRADIENT_KIND = "train.cut_gradient"
+ENCRYPTED_GRADIENT_KIND = "train.enc_cut_gradient"
+MASKED_AGGREGATE_KIND = "train.masked_gradient_plain"
+
+VIEW_PLAIN = "per-sample plaintext gradients"
+VIEW_ENCRYPTED = "ciphertexts + masked aggregate"
+VIEW_NONE = "no training gradients received"
+
+BATCH_NORM_MEANING = (
+    "AUC of the L2 norm of the passive party's unmasked aggregate batch gradient for "
+    "predicting whether the batch holds more positives than the median batch"
+)
+
+
+# --- the two attacks -------------------------------------------------------------------------
+def _check_inputs(grads, labels) -> tuple[np.ndarray, np.ndarray]:
+    g = np.asarray(grads, dtype=np.float64)
+    if g.ndim == 1:
+        g = g[:, None]
+    if g.ndim != 2:
+        raise ValueError(f"gradients must have shape (n_samples, width), got {g.shape}")
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-d, got shape {y.shape}")
+    if len(y) != len(g):
+        raise ValueError(
+            f"got {len(g)} gradients but {len(y)} labels; each gradient needs its row's label"
+        )
+    if not np.isfinite(g).all():
+        raise ValueError("gradients contain NaN or infinity")
+    values = set(np.unique(y).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"labels must be binary 0/1 (positive = 1), got values {sorted(values)}")
+    y = y.astype(bool)
+    if not y.any():
+        raise ValueError("no positive labels: the attacks score the positive (minority) class")
+    if y.all():
+        raise ValueError("no negative labels: an AUC needs both classes")
+    return g, y
+
+
+def norm_scoring_auc(grads, labels) -> float:
+    """ROC AUC of ``||g_i||_2`` as a score for ``labels[i] == 1`` (Li et al., norm attack).
+
+    ``grads``: shape ``(n, e)`` (or ``(n,)``); ``labels``: ``n`` binary labels.
+    """
+    g, y = _check_inputs(grads, labels)
+    return roc_auc(y, np.linalg.norm(g, axis=1))
+
+
+def direction_scoring_auc(grads, labels, *, reference_index: int | None = None) -> float:
+    """ROC AUC of the cosine similarity with one known positive's gradient (Li et al.).
+
+    The attacker is assumed to know the label of one positive example,
+    ``reference_index`` (default: the first positive). That example is excluded from the
+    scored set. Zero gradients get similarity 0.
+    """
+    g, y = _check_inputs(grads, labels)
+    if reference_index is None:
+        ref = int(np.flatnonzero(y)[0])
+    else:
+        ref = int(reference_index)
+        if not -len(y) <= ref < len(y):
+            raise ValueError(f"reference_index {ref} is out of range for {len(y)} samples")
+        ref %= len(y)
+        if not y[ref]:
+            raise ValueError(
+                f"reference_index {ref} is a negative example; the attack uses a known positive"
+            )
+    r = g[ref]
+    r_norm = np.linalg.norm(r)
+    if r_norm == 0:
+        raise ValueError("the reference gradient is zero: cosine similarity is undefined")
+    keep = np.ones(len(y), dtype=bool)
+    keep[ref] = False
+    rest, y_rest = g[keep], y[keep]
+    if not y_rest.any() or y_rest.all():
+        raise ValueError(
+            "after removing the reference example only one class is left; an AUC needs both"
+        )
+    norms = np.linalg.norm(rest, axis=1)
+    cos = np.divide(rest @ r, norms * r_norm, out=np.zeros(len(rest)), where=norms > 0)
+    return roc_auc(y_rest, cos)
+
+
+# --- capturing what a party received ---------------------------------------------------------
+@dataclass
+class PassiveView:
+    """Every decoded message a party received, in delivery order (a transport observer)."""
+
+    party: str
+    messages: list[Message] = field(default_factory=list)
+
+    def __call__(self, message: Message) -> None:
+        if message.receiver == self.party:
+            self.messages.append(message)
+
+    def attach(self, transport) -> PassiveView:
+        transport.observers.append(self)
+        return self
+
+    def detach(self, transport) -> None:
+        transport.observers[:] = [o for o in transport.observers if o is not self]
+
+
+def capture_received(transport, party_name: str) -> list[Message]:
+    """Start recording what ``party_name`` receives through ``transport``.
+
+    Returns the (live) list the messages are appended to, as the receiver decoded them.
+    """
+    if not isinstance(party_name, str) or not party_name:
+        raise ValueError("party_name must be a non-empty party name")
+    return PassiveView(party_name).attach(transport).messages
+
+
+# --- the audit -------------------------------------------------------------------------------
+@dataclass
+class LeakageReport:
+    """What label-inference attacks achieve on one party's received messages."""
+
+    party: str
+    protocol_view: str
+    n_samples: int
+    norm_auc: float
+    direction_auc: float
+    reason: str
+    n_rounds: int = 0
+    batch_norm_auc: float | None = None
+    batch_norm_meaning: str | None = None
+
+    def to_json(self) -> dict:
+        """A JSON-serializable dict (NaN AUCs become ``None``)."""
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, float) and math.isnan(v):
+                out[k] = None
+        return out
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+
+def _label_of(labels: Mapping[str, int], row_id: str) -> int:
+    try:
+        return int(labels[row_id])
+    except KeyError:
+        raise ValueError(
+            f"no label for row id {row_id!r}; pass the active party's labels"
+        ) from None
+
+
+def audit_label_leakage(
+    received: Sequence[Message],
+    batch_ids: Callable[[int], Sequence[str]],
+    labels: Mapping[str, int],
+    *,
+    party: str | None = None,
+    aggregate_gradients: Mapping[int, np.ndarray] | None = None,
+) -> LeakageReport:
+    """Run the norm and direction attacks on the messages one party received.
+
+    ``received``: the party's messages (from :func:`capture_received`); ``batch_ids(r)``:
+    the row ids of round ``r``'s batch, in batch order; ``labels``: id -> 0/1 (the ground
+    truth, known to the auditor, not to the attacker). ``party`` defaults to the receiver of
+    the messages. ``aggregate_gradients`` (round -> the passive's unmasked batch gradient)
+    enables the batch-level score in the encrypted protocol; a passive computes these itself.
+    """
+    received = list(received)
+    receivers = {m.receiver for m in received}
+    if party is None:
+        if len(receivers) > 1:
+            raise ValueError(f"messages for several parties {sorted(receivers)}; pass party=")
+        party = next(iter(receivers), "unknown")
+    received = [m for m in received if m.receiver == party]
+    plain = [m for m in received if m.kind == PLAIN_GRADIENT_KIND]
+    encrypted = [m for m in received if m.kind in (ENCRYPTED_GRADIENT_KIND, MASKED_AGGREGATE_KIND)]
+    if plain and encrypted:
+        raise ValueError("the messages mix the plain and the paillier protocol; audit one run")
+    if plain:
+        return _audit_plain(party, plain, batch_ids, labels)
+    if encrypted:
+        return _audit_encrypted(party, encrypted, batch_ids, labels, aggregate_gradients)
+    return LeakageReport(
+        party=party,
+        protocol_view=VIEW_NONE,
+        n_samples=0,
+        norm_auc=0.5,
+        direction_auc=0.5,
+        reason="the party received no training gradients: nothing to attack",
+    )
+
+
+def _audit_plain(party, messages, batch_ids, labels) -> LeakageReport:
+    grads, ys = [], []
+    for m in messages:
+        if m.round is None:
+            raise ValueError(f"a {m.kind!r} message has no round: its rows are unknown")
+        g = np.asarray(m.payload["g"], dtype=np.float64)
+        ids = list(batch_ids(m.round))
+        if g.ndim != 2 or len(ids) != g.shape[0]:
+            raise ValueError(
+                f"round {m.round}: {g.shape[0] if g.ndim else 0} gradient rows but "
+                f"{len(ids)} batch ids"
+            )
+        grads.append(g)
+        ys.extend(_label_of(labels, i) for i in ids)
+    g = np.concatenate(grads, axis=0)
+    y = np.asarray(ys)
+    return LeakageReport(
+        party=party,
+        protocol_view=VIEW_PLAIN,
+        n_samples=len(y),
+        norm_auc=norm_scoring_auc(g, y),
+        direction_auc=direction_scoring_auc(g, y),
+        reason=(
+            f"the party received {len(y)} per-sample cut-layer gradients in plaintext "
+            f"({len(messages)} rounds; every received gradient scored, labelled by its row "
+            "id); norm and direction scoring as in Li et al. 2021"
+        ),
+        n_rounds=len(messages),
+    )
+
+
+def _audit_encrypted(party, messages, batch_ids, labels, aggregates) -> LeakageReport:
+    rounds = sorted({m.round for m in messages if m.round is not None})
+    n_samples = sum(len(batch_ids(r)) for r in rounds)
+    reason = (
+        "no per-sample plaintext gradient reached the party: the cut-layer gradients arrived "
+        "encrypted under the active party's key and the only plaintext is its own masked "
+        "aggregate gradient per batch; per-sample norm/direction scores are 0.5 by "
+        "construction"
+    )
+    batch_auc = None
+    if aggregates:
+        scores, counts = [], []
+        for r in rounds:
+            if r in aggregates:
+                scores.append(float(np.linalg.norm(np.asarray(aggregates[r], dtype=np.float64))))
+                counts.append(sum(_label_of(labels, i) for i in batch_ids(r)))
+        if len(scores) >= 2:
+            counts = np.asarray(counts)
+            above = counts > np.median(counts)
+            if above.any() and not above.all():
+                batch_auc = roc_auc(above, np.asarray(scores))
+        if batch_auc is None:
+            reason += "; too few batches (or no spread in positives) for a batch-level score"
+        else:
+            reason += f"; batch-level score over {len(scores)} batches in batch_norm_auc"
+    return LeakageReport(
+        party=party,
+        protocol_view=VIEW_ENCRYPTED,
+        n_samples=n_samples,
+        norm_auc=0.5,
+        direction_auc=0.5,
+        reason=reason,
+        n_rounds=len(rounds),
+        batch_norm_auc=batch_auc,
+        batch_norm_meaning=BATCH_NORM_MEANING if batch_auc is not None else None,
+    )
