@@ -117,27 +117,21 @@ def main(argv=None) -> dict:
     }
 
     # -- printed summary ------------------------------------------------------------------
-    print_table(
-        f"ACTG 320 held-out ({run.trainer.n_test} patients)",
-        ["model", "AUC", "accuracy", "log-loss", "seconds"],
-        [
-            [
-                MODEL_NAMES[k],
-                r.metrics["auc"],
-                r.metrics["accuracy"],
-                r.metrics["log_loss"],
-                r.seconds,
-            ]
-            for k, r in run.results.items()
-        ],
-    )
+    result_columns = ["model", "AUC", "accuracy", "log-loss", "seconds"]
+    result_rows = [
+        [MODEL_NAMES[k], r.metrics["auc"], r.metrics["accuracy"], r.metrics["log_loss"], r.seconds]
+        for k, r in run.results.items()
+    ]
+    print_table(f"ACTG 320 held-out ({run.trainer.n_test} patients)", result_columns, result_rows)
+    party_columns = ["party", "rows held", "features", "bytes sent", "bytes received"]
+    party_rows = [
+        [n, p["rows"], p["features"], p["bytes_sent"], p["bytes_received"]]
+        for n, p in parties.items()
+    ]
     print_table(
         f"parties (aligned rows {run.aligned_rows}, PSI {run.align_seconds:.1f} s)",
-        ["party", "rows", "features", "bytes sent", "bytes received"],
-        [
-            [n, p["rows"], p["features"], p["bytes_sent"], p["bytes_received"]]
-            for n, p in parties.items()
-        ],
+        party_columns,
+        party_rows,
     )
     rows = saw_rows(run)
     print_table(
@@ -195,21 +189,7 @@ rows (hash-derived split). Total run time {seconds:.1f} s.
 
 ## Held-out results
 
-{
-        markdown_table(
-            ["model", "AUC", "accuracy", "log-loss", "seconds"],
-            [
-                [
-                    MODEL_NAMES[k],
-                    r.metrics["auc"],
-                    r.metrics["accuracy"],
-                    r.metrics["log_loss"],
-                    r.seconds,
-                ]
-                for k, r in run.results.items()
-            ],
-        )
-    }
+{markdown_table(result_columns, result_rows)}
 The vertical model gains **{gain:+.3f} AUC** over the hospital alone and is
 **{gap:+.3f}** from the centralized upper bound.
 
@@ -219,15 +199,7 @@ The vertical model gains **{gain:+.3f} AUC** over the hospital alone and is
 
 ## Parties
 
-{
-        markdown_table(
-            ["party", "rows held", "features", "bytes sent", "bytes received"],
-            [
-                [n, p["rows"], p["features"], p["bytes_sent"], p["bytes_received"]]
-                for n, p in parties.items()
-            ],
-        )
-    }
+{markdown_table(party_columns, party_rows)}
 ![bytes](bytes.png)
 
 ## What a curious lab learns

@@ -46,6 +46,7 @@ from vfl.report import (
 from vfl.tasks import Task
 
 NAME = "multiomics"
+RESULT_COLUMNS = ["model", "AUC", "accuracy", "log-loss", "seconds"]
 LABELS = {"vfl": "vertical", "local_only": "clinical only", "centralized": "centralized"}
 
 
@@ -104,7 +105,7 @@ def main(argv=None) -> dict:
     gse_run = run_vertical_comparison(gse.tables, gse.active, gse_config, progress=progress)
     print_table(
         f"GSE7390 held-out ({gse_run.trainer.n_test} patients)",
-        ["model", "AUC", "accuracy", "log-loss", "seconds"],
+        RESULT_COLUMNS,
         _rows(gse_run),
     )
 
@@ -128,7 +129,7 @@ def main(argv=None) -> dict:
     syn_run = run_vertical_comparison(syn.tables, syn.active, syn_config, progress=progress)
     print_table(
         f"synthetic held-out ({syn_run.trainer.n_test} patients)",
-        ["model", "AUC", "accuracy", "log-loss", "seconds"],
+        RESULT_COLUMNS,
         _rows(syn_run),
     )
     ids = syn_run.federation.parties[syn.active].aligned_ids
@@ -138,8 +139,13 @@ def main(argv=None) -> dict:
         [p, syn.tables[p].n_features, p in syn.signal_blocks, block_auc[p], block_auc[p] - base_auc]
         for p in syn.parties[1:]
     ]
-    block_columns = ["block", "features", "carries signal (truth)", "AUC hospital + block",
-                     "gain over hospital"]
+    block_columns = [
+        "block",
+        "features",
+        "carries signal (truth)",
+        "AUC hospital + block",
+        "gain over hospital",
+    ]
     print_table("synthetic: which omics blocks carry signal", block_columns, block_rows)
     seconds = time.perf_counter() - t0
 
@@ -194,7 +200,7 @@ def main(argv=None) -> dict:
 PSI aligned **{gse_run.aligned_rows}** patients; {gse_run.trainer.n_train} train,
 {gse_run.trainer.n_test} held out. Linear bottoms, {gse_config.epochs} epochs.
 
-{markdown_table(["model", "AUC", "accuracy", "log-loss", "seconds"], _rows(gse_run))}
+{markdown_table(RESULT_COLUMNS, _rows(gse_run))}
 With fewer than 70 held-out patients these AUCs have a standard error of several points.
 
 ![ROC GSE7390](roc_gse7390.png)
@@ -206,7 +212,7 @@ With fewer than 70 held-out patients these AUCs have a standard error of several
 {n} patients, PSI aligned **{syn_run.aligned_rows}**; signal blocks:
 {", ".join(syn.signal_blocks)}.
 
-{markdown_table(["model", "AUC", "accuracy", "log-loss", "seconds"], _rows(syn_run))}
+{markdown_table(RESULT_COLUMNS, _rows(syn_run))}
 Which blocks carry signal: the hospital's columns plus one block at a time.
 
 {markdown_table(block_columns, block_rows)}

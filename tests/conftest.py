@@ -41,6 +41,18 @@ def make_vertical_tables(n=240, seed=0, overlap=0.85, widths=(4, 5, 6)):
     return tables
 
 
+def aligned_federation(tables, transport=None, active="hospital"):
+    """A federation over ``tables`` (optionally on a given transport), aligned by PSI."""
+    from vfl.federation import Federation
+    from vfl.parties import ActiveParty, PassiveParty
+
+    parties = [ActiveParty(active, tables[active])]
+    parties += [PassiveParty(n, t) for n, t in tables.items() if n != active]
+    fed = Federation(parties, transport)
+    fed.align()
+    return fed
+
+
 @pytest.fixture
 def vertical_tables():
     return make_vertical_tables()

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tests.conftest import RecordingTransport, make_vertical_tables
+from tests.conftest import RecordingTransport, aligned_federation, make_vertical_tables
 from vfl.config import TrainConfig
 from vfl.crypto import (
     FixedPointOverflowError,
@@ -35,13 +35,7 @@ def paillier(config):
 
 
 def trained(tables, config, transport=None, **fit):
-    fed = Federation.from_tables(tables, "hospital") if transport is None else None
-    if fed is None:
-        from vfl.parties import ActiveParty, PassiveParty
-        parties = [ActiveParty("hospital", tables["hospital"])]
-        parties += [PassiveParty(n, t) for n, t in tables.items() if n != "hospital"]
-        fed = Federation(parties, transport)
-    fed.align()
+    fed = aligned_federation(tables, transport)
     trainer = SplitTrainer(fed, config)
     trainer.fit(progress=False, **fit)
     return fed, trainer

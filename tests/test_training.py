@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tests.conftest import RecordingTransport, make_vertical_tables
+from tests.conftest import RecordingTransport, aligned_federation, make_vertical_tables
 from vfl.config import TrainConfig
 from vfl.errors import (
     CheckpointError,
@@ -14,10 +14,8 @@ from vfl.errors import (
     SchemaMismatchError,
 )
 from vfl.experiment import pooled_table, single_party_trainer
-from vfl.federation import Federation
 from vfl.messages import COORDINATOR, Label, Message
 from vfl.models import ModelConfig
-from vfl.parties import ActiveParty, PassiveParty
 from vfl.tasks import Task
 from vfl.trainer import SplitTrainer
 
@@ -27,12 +25,7 @@ MLP = dataclasses.replace(CONFIG, model=ModelConfig("mlp", "mlp", hidden=(8,), e
                                                     top_hidden=(4,)))
 
 
-def federation(tables, transport=None):
-    parties = [ActiveParty("hospital", tables["hospital"])]
-    parties += [PassiveParty(n, t) for n, t in tables.items() if n != "hospital"]
-    fed = Federation(parties, transport)
-    fed.align()
-    return fed
+federation = aligned_federation
 
 
 def final_params(fed):
