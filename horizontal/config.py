@@ -66,8 +66,9 @@ class FedConfig:
             ("on_empty_round", ("skip", "retry", "raise")),
         ]
         for name, allowed in checks:
-            if getattr(self, name) not in allowed:
-                raise FedConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if value not in allowed:
+                raise FedConfigError(f"{name} must be one of {allowed}, got {value!r}")
         positive = {"rounds": self.rounds, "local_epochs": self.local_epochs,
                     "batch_size": self.batch_size, "client_lr": self.client_lr}
         for name, value in positive.items():

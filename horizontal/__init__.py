@@ -1,0 +1,55 @@
+"""Horizontal federated learning: the FedAvg family for hospital networks (DESIGN section 8).
+
+Several hospitals hold the *same columns* about *different patients*. A
+:class:`~horizontal.server.FedServer` and one :class:`~horizontal.client.HospitalClient`
+per hospital speak through the vertical engine's message and transport contract
+(:mod:`vfl.messages`, :mod:`vfl.transport`), so every byte is serialized, counted and
+labelled. :class:`~horizontal.trainer.FederatedTrainer` drives rounds; in memory, all
+sampled clients' local training runs as one ``jit(vmap(...))`` program
+(:mod:`horizontal.simulation`).
+
+Modules: ``config`` (FedConfig), ``schedule`` (keyed-hash batches and samples), ``model``
+(flat-vector Flax NNX model), ``local`` (pure client update), ``simulation`` (vectorized
+executor), ``client``, ``server``, ``strategies`` (aggregators, server optimizers),
+``compression``, ``heterogeneity``, ``partition``, ``personalization``, ``trainer``,
+``errors``.
+"""
+
+from horizontal.client import HospitalClient
+from horizontal.config import FedConfig
+from horizontal.errors import (
+    AllClientsDroppedError,
+    BadUpdateError,
+    ClientSchemaError,
+    EmptyRoundError,
+    FedConfigError,
+    HorizontalError,
+    InvalidExampleCountError,
+    NoClientsSampledError,
+    NonFiniteUpdateError,
+    UpdateShapeError,
+)
+from horizontal.heterogeneity import SystemsConfig
+from horizontal.server import FedServer
+from horizontal.simulation import LocalExecutor
+from horizontal.trainer import FederatedTrainer, FedRoundRecord
+
+__all__ = [
+    "AllClientsDroppedError",
+    "BadUpdateError",
+    "ClientSchemaError",
+    "EmptyRoundError",
+    "FedConfig",
+    "FedConfigError",
+    "FedRoundRecord",
+    "FedServer",
+    "FederatedTrainer",
+    "HorizontalError",
+    "HospitalClient",
+    "InvalidExampleCountError",
+    "LocalExecutor",
+    "NoClientsSampledError",
+    "NonFiniteUpdateError",
+    "SystemsConfig",
+    "UpdateShapeError",
+]

@@ -1,0 +1,273 @@
+"""A hospital in a horizontal federation: its rows never leave it.
+
+The client holds its rows, labels, scaler, personal head (FedPer), error-feedback residual
+and SCAFFOLD control; it is reachable only through :meth:`handle`. What it tells others:
+
+* ``setup.stats`` -> server: per-column count, sum and sum of squares of its training rows
+  (``plaintext-by-design``: aggregate moments, so the federation standardizes with the
+  pooled mean and standard deviation, exactly what a centralized analyst would use);
+* ``setup.ready`` -> coordinator: its training and test row counts (``public``: the
+  simulation sizes its compiled program from them);
+* ``fit.update`` -> server: its model delta (raw or compressed), example count, steps done
+  and loss (``plaintext-by-design`` and label-dependent: an update is a function of the
+  labels and can leak them to the server, Zhu et al. 2019; secure aggregation or DP would
+  hide it and are out of scope here);
+* ``eval.metrics`` -> coordinator: metrics on its own held-out rows, and scores with labels
+  only when the operator asks for a pooled evaluation (``plaintext-by-design``).
+
+Local training is submitted to the shared :class:`~horizontal.simulation.LocalExecutor`
+(the simulation's stand-in for the client's device) when ``fit`` arrives and collected on
+``fit.collect``; the update is encoded by the client itself, so its bytes are real.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from horizontal.compression import ErrorFeedback
+from horizontal.config import FedConfig
+from horizontal.errors import ClientSchemaError, FedConfigError
+from horizontal.local import compiled_predict
+from horizontal.model import FlatModel
+from horizontal.schedule import id_hashes, local_batches, steps_per_epoch
+from horizontal.simulation import LocalExecutor, LocalJob
+from vfl.errors import ProtocolError
+from vfl.messages import COORDINATOR, Label, Message
+from vfl.parties import PartyState
+from vfl.party import Party, handles
+from vfl.schedule import ids_digest, split_test
+from vfl.table import PartyTable
+
+SERVER = "server"
+
+
+class HospitalClient(Party):
+    def __init__(self, name: str, table: PartyTable, executor: LocalExecutor,
+                 server: str = SERVER):
+        super().__init__(name)
+        if not table.has_labels:
+            raise FedConfigError(
+                f"client {name!r} has no label column; every hospital in a horizontal "
+                "federation needs its own labels (build its table with labels=...)"
+            )
+        self.table = table
+        self.executor = executor
+        self.server = server
+        self.config: FedConfig | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+    @handles("setup")
+    def on_setup(self, msg: Message) -> list[Message]:
+        config = FedConfig.from_json(msg.payload["config"])
+        columns = tuple(msg.payload["columns"])
+        if self.table.columns != columns:
+            lost = [c for c in columns if c not in self.table.columns]
+            extra = [c for c in self.table.columns if c not in columns]
+            raise ClientSchemaError(
+                f"client {self.name!r} has columns {list(self.table.columns)}, the federation "
+                f"agreed on {list(columns)} (missing {lost}, unexpected {extra}"
+                f"{', order differs' if not lost and not extra else ''}). Export exactly the "
+                "agreed columns in that order, then rejoin."
+            )
+        labels = config.task.check_labels(self.table.labels)
+        test = split_test(self.table.ids, config.seed, config.test_fraction)
+        if test.all():
+            raise FedConfigError(
+                f"client {self.name!r} has no training rows after the held-out split "
+                f"({len(test)} rows, test_fraction {config.test_fraction}); lower "
+                "test_fraction or leave this client out"
+            )
+        self.config = config
+        self.train_ids = self.table.ids[~test]
+        self.test_ids = self.table.ids[test]
+        self._raw_train = self.table.features[~test]
+        self._raw_test = self.table.features[test]
+        self.y_train, self.y_test = labels[~test], labels[test]
+        self.row_hashes = id_hashes(self.train_ids, config.seed)
+        self.completed_round = -1
+        self.reset_rounds(None)
+        stats = {
+            "n": int(len(self.train_ids)),
+            "sum": self._raw_train.sum(axis=0),
+            "sumsq": (self._raw_train**2).sum(axis=0),
+        }
+        return [self.send(self.server, "setup.stats", Label.PLAINTEXT_BY_DESIGN, stats)]
+
+    @handles("setup.scaler")
+    def on_scaler(self, msg: Message) -> list[Message]:
+        c = self.config
+        mean = np.asarray(msg.payload["mean"], dtype=np.float64)
+        scale = np.asarray(msg.payload["scale"], dtype=np.float64)
+        self.x_train = ((self._raw_train - mean) / scale).astype(np.float32)
+        self.x_test = ((self._raw_test - mean) / scale).astype(np.float32)
+        d = self.x_train.shape[1]
+        self.model = FlatModel(d, c.hidden, c.task.n_outputs, c.seed)
+        self.spec = (d, tuple(c.hidden), c.task.n_outputs, c.task.kind, c.task.n_classes,
+                     c.client_optimizer, float(c.client_lr))
+        p = self.model.size
+        head = self.model.head_mask
+        self.shared = np.flatnonzero(~head) if c.personalization == "fedper" else np.arange(p)
+        self.personal_head = self.model.init[head].copy() if c.personalization == "fedper" else None
+        self.ef = ErrorFeedback(len(self.shared))
+        self.c_i = np.zeros(p, np.float32) if c.algorithm == "scaffold" else None
+        self.finetuned: np.ndarray | None = None
+        self._pending: dict | None = None
+        self._used: dict[int, np.ndarray] = {}
+        self._all_digest = ids_digest(self._sorted_ids(np.arange(len(self.train_ids))))
+        steps = c.local_epochs * steps_per_epoch(len(self.train_ids), c.batch_size)
+        ready = {"n_train": int(len(self.train_ids)), "n_test": int(len(self.test_ids)),
+                 "steps": int(steps)}
+        return [self.send(COORDINATOR, "setup.ready", Label.PUBLIC, ready)]
+
+    # -- a training round ---------------------------------------------------------------------
+    def _start_vector(self, global_w: np.ndarray) -> np.ndarray:
+        w = np.array(global_w, dtype=np.float32, copy=True)
+        if w.shape != (self.model.size,):
+            raise ProtocolError(
+                f"client {self.name!r} got a global model of shape {w.shape}, expected "
+                f"({self.model.size},); server and client disagree on the architecture"
+            )
+        if self.personal_head is not None:
+            w[self.model.head_mask] = self.personal_head
+        return w
+
+    @handles("fit")
+    def on_fit(self, msg: Message) -> list[Message]:
+        c, r = self.config, msg.round
+        start = self._start_vector(msg.payload["global"])
+        pos, bmask = local_batches(self.row_hashes, c.seed, r, self.name, c.local_epochs,
+                                   c.batch_size)
+        full = len(pos)
+        done = c.systems.steps_done(c.seed, r, self.name, full)
+        control = None
+        corr = np.zeros_like(start)
+        if self.c_i is not None:
+            control = np.asarray(msg.payload["control"], dtype=np.float32)
+            corr = control - self.c_i
+        ticket = None
+        if done > 0:
+            active = np.arange(full) < done
+            job = LocalJob(self.spec, start, start, corr, float(c.mu), self.x_train,
+                           self.y_train, pos, bmask, active)
+            ticket = self.executor.submit(job)
+        self._pending = {"round": r, "ticket": ticket, "start": start, "pos": pos,
+                         "bmask": bmask, "done": done, "full": full, "control": control}
+        return []
+
+    @handles("fit.collect")
+    def on_collect(self, msg: Message) -> list[Message]:
+        c, r, p = self.config, msg.round, self._pending
+        if p is None or p["round"] != r:
+            raise ProtocolError(f"client {self.name!r} has no local work for round {r}")
+        self._pending = None
+        if p["ticket"] is None:  # missed the deadline: nothing to send
+            return [self.send(COORDINATOR, "fit.missed", Label.PUBLIC, {"steps": 0}, round=r)]
+        w_new, loss = self.executor.result(p["ticket"])
+        done, pos, bmask = p["done"], p["pos"], p["bmask"]
+        delta = w_new - p["start"]
+        if self.personal_head is not None:
+            self.personal_head = w_new[self.model.head_mask].copy()
+        update = self.ef.compress(delta[self.shared], c.compression, enabled=c.error_feedback,
+                                  seed_parts=(c.seed, r, self.name),
+                                  topk_fraction=c.topk_fraction)
+        if done == p["full"]:
+            used = np.arange(len(self.train_ids))  # every local epoch covers every row
+        else:
+            used = np.unique(pos[:done][bmask[:done] > 0])
+        # The common case (every row used) reuses the digest computed at setup; ids are
+        # materialized only when a checkpoint asks for them (used_ids).
+        digest = self._all_digest if len(used) == len(self.train_ids) else ids_digest(
+            self._sorted_ids(used))
+        payload = {
+            "update": update,
+            "num_examples": int(bmask[:done].sum()),
+            "steps": int(done),
+            "full_steps": int(p["full"]),
+            "loss": float(loss),
+            "ids_digest": digest,
+        }
+        if self.c_i is not None:
+            # SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr)
+            c_new = self.c_i - p["control"] + (p["start"] - w_new) / (done * c.client_lr)
+            payload["delta_c"] = (c_new - self.c_i).astype(np.float32)
+            self.c_i = c_new.astype(np.float32)
+        self._used[r] = used
+        self.completed_round = r
+        return [self.send(self.server, "fit.update", Label.PLAINTEXT_BY_DESIGN, payload,
+                          round=r, label_dependent=True)]
+
+    # -- evaluation and personalization -------------------------------------------------------
+    def _model_for(self, payload) -> np.ndarray:
+        which = payload.get("model", "global")
+        if which == "finetuned":
+            if self.finetuned is None:
+                raise ProtocolError(f"client {self.name!r} has not fine-tuned a model yet")
+            return self.finetuned
+        w = np.asarray(payload["global"], dtype=np.float32)
+        return self._start_vector(w) if which == "personal" else w
+
+    @handles("evaluate")
+    def on_evaluate(self, msg: Message) -> list[Message]:
+        w = self._model_for(msg.payload)
+        split = msg.payload.get("split", "test")
+        x, y = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
+        task = self.config.task
+        scores = np.asarray(compiled_predict(self.model.key, task.kind, task.n_classes)(w, x))
+        out = {"metrics": task.evaluate(scores, y), "n": int(len(y))}
+        if msg.payload.get("with_scores"):
+            out["scores"], out["labels"] = scores, y
+        return [self.send(COORDINATOR, "eval.metrics", Label.PLAINTEXT_BY_DESIGN, out,
+                          label_dependent=True)]
+
+    @handles("finetune")
+    def on_finetune(self, msg: Message) -> list[Message]:
+        """Local fine-tuning of the received model on this client's rows only; the result
+        stays here (``model="finetuned"`` in ``evaluate``)."""
+        c = self.config
+        start = self._start_vector(msg.payload["global"])
+        epochs = int(msg.payload.get("epochs", 1))
+        lr = float(msg.payload.get("lr", c.client_lr))
+        pos, bmask = local_batches(self.row_hashes, c.seed, "finetune", self.name, epochs,
+                                   c.batch_size)
+        spec = self.spec[:-1] + (lr,)
+        job = LocalJob(spec, start, start, np.zeros_like(start), 0.0, self.x_train,
+                       self.y_train, pos, bmask, np.ones(len(pos), bool))
+        self.finetuned, loss = self.executor.run_now(job)
+        return [self.send(COORDINATOR, "finetune.done", Label.PUBLIC, {"loss": loss})]
+
+    # -- checkpoint (party-local) -----------------------------------------------------------
+    def used_ids(self, round: int) -> tuple[str, ...]:
+        """Ids (sorted) of the rows this client's update of ``round`` used; empty if it sat
+        out."""
+        used = self._used.get(round)
+        return () if used is None else self._sorted_ids(used)
+
+    def _sorted_ids(self, positions) -> tuple[str, ...]:
+        return tuple(sorted(str(i) for i in self.train_ids[positions]))
+
+    def setup_ids(self) -> tuple[str, ...]:
+        """Ids whose rows influenced setup (the pooled scaler's moments)."""
+        return tuple(str(i) for i in self.train_ids)
+
+    def snapshot(self) -> PartyState:
+        extra = {"ef": self.ef.residual.copy()}
+        if self.c_i is not None:
+            extra["c_i"] = self.c_i.copy()
+        params = {}
+        if self.personal_head is not None:
+            params["personal_head"] = self.personal_head.copy()
+        return PartyState(self.name, self.completed_round, params, [],
+                          np.zeros(2, np.uint32), self.config.digest(), extra)
+
+    def restore(self, state: PartyState) -> None:
+        if state.config_digest != self.config.digest():
+            raise ProtocolError(f"checkpoint of {self.name!r} was taken under another config")
+        self.ef.residual = np.asarray(state.extra["ef"], np.float32).copy()
+        if self.c_i is not None:
+            self.c_i = np.asarray(state.extra["c_i"], np.float32).copy()
+        if self.personal_head is not None:
+            self.personal_head = np.asarray(state.params["personal_head"], np.float32).copy()
+        self.completed_round = state.round
+        self._pending = None
+        self._used = {k: v for k, v in self._used.items() if k <= state.round}
+        self.reset_rounds(state.round)

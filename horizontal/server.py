@@ -1,0 +1,229 @@
+"""The federation server: holds the global model and the server optimizer state.
+
+It samples the clients of a round, sends them the global model (``public``: every member
+may know it), validates each update *before* storing it (shape, finiteness, example count;
+a bad update raises a specific :class:`~horizontal.errors.BadUpdateError` naming the
+client and leaves the server untouched), and on ``round.aggregate`` combines the stored
+updates with the configured aggregator and takes one server-optimizer step. The new
+global model is committed in one assignment at the end, so a failure anywhere in a round
+leaves the previous global model intact.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from horizontal.compression import decode
+from horizontal.config import FedConfig
+from horizontal.errors import (
+    EmptyRoundError,
+    InvalidExampleCountError,
+    NonFiniteUpdateError,
+    UpdateShapeError,
+)
+from horizontal.model import FlatModel
+from horizontal.schedule import sample_clients
+from horizontal.strategies import aggregate, server_optimizer
+from vfl.errors import ProtocolError
+from vfl.messages import COORDINATOR, Label, Message
+from vfl.parties import PartyState
+from vfl.party import Party, handles
+
+SERVER = "server"
+
+
+class FedServer(Party):
+    def __init__(self, name: str = SERVER):
+        super().__init__(name)
+        self.config: FedConfig | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+    @handles("setup")
+    def on_setup(self, msg: Message) -> list[Message]:
+        self.config = FedConfig.from_json(msg.payload["config"])
+        self.columns = list(msg.payload["columns"])
+        self.invited = list(msg.payload["clients"])
+        self._stats: dict[str, dict] = {}
+        self.completed_round = -1
+        self.reset_rounds(None)
+        out = {"config": msg.payload["config"], "columns": self.columns}
+        return [self.send(c, "setup", Label.PUBLIC, out) for c in self.invited]
+
+    @handles("setup.stats")
+    def on_stats(self, msg: Message) -> list[Message]:
+        p = msg.payload
+        d = len(self.columns)
+        s, ss = np.asarray(p["sum"], np.float64), np.asarray(p["sumsq"], np.float64)
+        if s.shape != (d,) or ss.shape != (d,) or int(p["n"]) < 1:
+            raise UpdateShapeError(
+                msg.sender, f"setup statistics from {msg.sender!r} do not match the "
+                f"{d}-column schema or report no rows"
+            )
+        self._stats[msg.sender] = {"n": int(p["n"]), "sum": s, "sumsq": ss}
+        return []
+
+    @handles("setup.finish")
+    def on_finish(self, msg: Message) -> list[Message]:
+        if not self._stats:
+            raise EmptyRoundError("no client completed setup; check the clients' schemas")
+        c = self.config
+        self.members = sorted(self._stats)
+        n = sum(v["n"] for v in self._stats.values())
+        mean = sum(v["sum"] for v in self._stats.values()) / n
+        var = sum(v["sumsq"] for v in self._stats.values()) / n - mean**2
+        std = np.sqrt(np.maximum(var, 0.0))
+        scale = np.where(std > 1e-12, std, 1.0)
+        self.model = FlatModel(len(self.columns), c.hidden, c.task.n_outputs, c.seed)
+        head = self.model.head_mask
+        self.shared = np.flatnonzero(~head) if c.personalization == "fedper" else np.arange(
+            self.model.size
+        )
+        self.w = self.model.init.copy()
+        self.tx = server_optimizer(c.server_optimizer, c.effective_server_lr)
+        self.opt_state = self.tx.init(jnp.asarray(self.w))
+        self._step = jax.jit(self._server_step)
+        self.control = np.zeros(self.model.size, np.float32) if c.algorithm == "scaffold" else None
+        self._inbox: dict[str, dict] = {}
+        self._sampled: set[str] = set()
+        self._round: int | None = None
+        out = [self.send(m, "setup.scaler", Label.PUBLIC, {"mean": mean, "scale": scale})
+               for m in self.members]
+        done = {"members": self.members, "n_params": self.model.size}
+        return out + [self.send(COORDINATOR, "setup.done", Label.PUBLIC, done)]
+
+    def _server_step(self, w, opt_state, delta):
+        updates, opt_state = self.tx.update(-delta, opt_state, w)
+        return optax.apply_updates(w, updates), opt_state
+
+    # -- rounds -------------------------------------------------------------------------------
+    def _fit_messages(self, r: int, attempt: int, exclude) -> list[Message]:
+        m = self.config.sample_size(len(self.members))
+        chosen = sample_clients(self.members, self.config.seed, r, m, attempt, exclude)
+        if self._round != r:
+            self._round, self._inbox, self._sampled = r, {}, set()
+        self._sampled |= set(chosen)
+        payload = {"global": self.w}
+        if self.control is not None:
+            payload["control"] = self.control
+        return [self.send(c, "fit", Label.PUBLIC, payload, round=r) for c in chosen]
+
+    @handles("round.start")
+    def on_round_start(self, msg: Message) -> list[Message]:
+        return self._fit_messages(msg.round, 0, ())
+
+    @handles("round.retry")
+    def on_round_retry(self, msg: Message) -> list[Message]:
+        """Re-sample a round whose clients all failed (``round`` travels in the payload
+        because the header round of a retry repeats the original one)."""
+        r = int(msg.payload["round"])
+        if r != self._round:
+            raise ProtocolError(f"retry for round {r}, but the open round is {self._round}")
+        return self._fit_messages(r, int(msg.payload["attempt"]), msg.payload["exclude"])
+
+    @handles("fit.update")
+    def on_update(self, msg: Message) -> list[Message]:
+        """Validate, then store. Raises before storing anything if the update is bad."""
+        client, r, p = msg.sender, msg.round, msg.payload
+        if r != self._round or client not in self._sampled:
+            raise ProtocolError(f"{client!r} sent an update for round {r}, which it was not "
+                                "asked for")
+        n = p.get("num_examples")
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise InvalidExampleCountError(
+                client, f"client {client!r} reported {n!r} examples in round {r}; an update "
+                "must come from a positive whole number of examples. Its update is not used."
+            )
+        delta = decode(p.get("update", {}), len(self.shared), client)
+        if not np.isfinite(delta).all():
+            bad = int((~np.isfinite(delta)).sum())
+            raise NonFiniteUpdateError(
+                client, f"update from client {client!r} in round {r} has {bad} NaN/Inf "
+                "values (diverged local training? lower client_lr); it is not used"
+            )
+        entry = {"delta": delta, "n": n, "loss": float(p.get("loss", np.nan)),
+                 "partial": int(p.get("steps", 0)) < int(p.get("full_steps", 0))}
+        if self.control is not None:
+            dc = np.asarray(p.get("delta_c", []), dtype=np.float32)
+            if dc.shape != (self.model.size,) or not np.isfinite(dc).all():
+                raise UpdateShapeError(
+                    client, f"SCAFFOLD control delta from {client!r} has shape {dc.shape} or "
+                    f"non-finite values; expected ({self.model.size},) finite values"
+                )
+            entry["delta_c"] = dc
+        usable = not (entry["partial"] and self.config.straggler_policy == "drop")
+        if usable:
+            self._inbox[client] = entry
+        return [self.send(COORDINATOR, "fit.accepted", Label.PUBLIC,
+                          {"client": client, "usable": usable, "partial": entry["partial"]},
+                          round=r)]
+
+    @handles("round.aggregate")
+    def on_aggregate(self, msg: Message) -> list[Message]:
+        r, c = msg.round, self.config
+        if r != self._round or not self._inbox:
+            raise EmptyRoundError(f"round {r} has no usable update to aggregate")
+        names = sorted(self._inbox)
+        updates = np.stack([self._inbox[k]["delta"] for k in names])
+        weights = np.array([self._inbox[k]["n"] for k in names], dtype=np.float64)
+        agg = aggregate(c.aggregator, updates, weights, trim_fraction=c.trim_fraction,
+                        krum_f=c.krum_f)
+        full = np.zeros(self.model.size, np.float32)
+        full[self.shared] = agg.astype(np.float32)
+        w, opt_state = self._step(jnp.asarray(self.w), self.opt_state, jnp.asarray(full))
+        w = np.asarray(w)
+        if not np.isfinite(w).all():
+            raise EmptyRoundError(
+                f"round {r}: the server step produced non-finite parameters (server_lr too "
+                "large?); the global model was kept"
+            )
+        control = self.control
+        if control is not None:
+            dc = np.mean([self._inbox[k]["delta_c"] for k in names], axis=0)
+            control = (control + len(names) / len(self.members) * dc).astype(np.float32)
+        losses = np.array([self._inbox[k]["loss"] for k in names])
+        # Commit: nothing above mutated the server's state.
+        self.w, self.opt_state, self.control = w, opt_state, control
+        self.completed_round = r
+        self._inbox = {}
+        done = {"round": r, "clients": names, "examples": int(weights.sum()),
+                "loss": float(np.sum(losses * weights) / weights.sum())}
+        return [self.send(COORDINATOR, "round.done", Label.PLAINTEXT_BY_DESIGN, done, round=r)]
+
+    # -- evaluation and personalization requests ----------------------------------------------
+    @handles("eval.request")
+    def on_eval_request(self, msg: Message) -> list[Message]:
+        targets = msg.payload.get("clients") or self.members
+        payload = {k: v for k, v in msg.payload.items() if k != "clients"} | {"global": self.w}
+        return [self.send(t, "evaluate", Label.PUBLIC, payload) for t in targets]
+
+    @handles("finetune.request")
+    def on_finetune_request(self, msg: Message) -> list[Message]:
+        payload = dict(msg.payload) | {"global": self.w}
+        return [self.send(t, "finetune", Label.PUBLIC, payload) for t in self.members]
+
+    # -- checkpoint (party-local) -----------------------------------------------------------
+    def global_params(self) -> np.ndarray:
+        return self.w.copy()
+
+    def snapshot(self) -> PartyState:
+        leaves = [np.asarray(x) for x in jax.tree.leaves(self.opt_state)]
+        extra = {"members": list(self.members)}
+        if self.control is not None:
+            extra["control"] = self.control.copy()
+        return PartyState(self.name, self.completed_round, {"global": self.w.copy()}, leaves,
+                          np.zeros(2, np.uint32), self.config.digest(), extra)
+
+    def restore(self, state: PartyState) -> None:
+        if state.config_digest != self.config.digest():
+            raise ProtocolError("server checkpoint was taken under another config")
+        treedef = jax.tree.structure(self.opt_state)
+        self.opt_state = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in state.opt_state])
+        self.w = np.asarray(state.params["global"], np.float32).copy()
+        if self.control is not None:
+            self.control = np.asarray(state.extra["control"], np.float32).copy()
+        self.completed_round = state.round
+        self._inbox, self._sampled, self._round = {}, set(), None
+        self.reset_rounds(state.round)

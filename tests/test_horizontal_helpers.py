@@ -1,0 +1,20 @@
+"""Shared synthetic hospitals for the horizontal tests (helpers only, no tests)."""
+
+import numpy as np
+
+from vfl.table import PartyTable
+
+
+def make_hospitals(sizes=(120, 80, 200, 60), d=5, seed=0, shift=0.4):
+    """Hospitals of unequal size with a shared logistic signal and shifted features."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=d)
+    tables = {}
+    for k, n in enumerate(sizes):
+        X = rng.normal(size=(n, d)) + shift * k
+        y = ((X - shift * k) @ w + rng.logistic(size=n) > 0).astype(int)
+        ids = [f"h{k}-{i:04d}" for i in range(n)]
+        tables[f"hospital_{k}"] = PartyTable.from_numpy(
+            ids, X, [f"x{j}" for j in range(d)], labels=y, label_name="y"
+        )
+    return tables
