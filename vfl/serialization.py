@@ -122,7 +122,11 @@ def _prepare(obj):
 def dumps(obj) -> bytes:
     """Encode a payload to bytes."""
     try:
-        return msgpack.packb(_prepare(obj), default=_default, use_bin_type=True)
+        try:
+            return msgpack.packb(obj, default=_default, use_bin_type=True)
+        except OverflowError:
+            # An int beyond 64 bits somewhere: route big ints to the extension type.
+            return msgpack.packb(_prepare(obj), default=_default, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TransportError(f"cannot serialize payload: {exc}") from exc
 
