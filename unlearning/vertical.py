@@ -100,6 +100,7 @@ class VerticalAdapter:
         for name, t in tables.items():
             keep = [i for i in t.ids if str(i) not in erased]
             self.tables[name] = t if len(keep) == t.n_rows else t.rows(keep)
+        self.original_aligned = list(aligned)
         self.aligned = [i for i in aligned if i not in erased]
         sisa = spec.get("sisa") or {}
         self.shards = int(sisa.get("shards", 1))
@@ -181,6 +182,18 @@ class VerticalAdapter:
     def labels(self, ids) -> np.ndarray:
         t = self.full_tables[self.active]
         return np.asarray(t.rows([str(i) for i in ids]).labels)
+
+    def training_ids(self, pids) -> list[str]:
+        """Those of ``pids`` that were training rows before their erasure."""
+        from vfl.schedule import split_test
+
+        known = set(self.original_aligned)
+        pids = [str(p) for p in pids if str(p) in known]
+        if not pids:
+            return []
+        test = split_test(np.asarray(pids, dtype=object), self.config.seed,
+                          self.config.test_fraction)
+        return [p for p, t in zip(pids, test) if not t]
 
     def split_ids(self) -> dict[str, list[str]]:
         """Training (per the current data) and never-seen test ids over all models."""

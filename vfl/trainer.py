@@ -29,8 +29,8 @@ from vfl.config import TrainConfig
 from vfl.errors import CheckpointError, ProtocolError
 from vfl.federation import Federation
 from vfl.parties import PartyState
-from vfl.schedule import SlicePlan
 from vfl.progress import progress_bar
+from vfl.schedule import SlicePlan
 
 
 @dataclass

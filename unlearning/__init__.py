@@ -1,0 +1,11 @@
+"""Machine unlearning for vfl: checkpoint store, lineage, audit log, erasure requests.
+
+Modules: :mod:`~unlearning.store` (content-addressed checkpoints), :mod:`~unlearning.lineage`
+(networkx lineage graph), :mod:`~unlearning.audit_log` (hash-chained JSON lines),
+:mod:`~unlearning.run` (run directories), :mod:`~unlearning.requests` (erasure lifecycle),
+:mod:`~unlearning.methods` (exact replay, SISA, approximate), :mod:`~unlearning.verification`
+and :mod:`~unlearning.certificate`. Trainers plug in through :mod:`~unlearning.contract`.
+"""
+
+from unlearning import horizontal as _horizontal  # noqa: F401  (registers "horizontal")
+from unlearning import vertical as _vertical  # noqa: F401  (registers the vertical adapter)
