@@ -25,9 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.flatten_util import ravel_pytree
 
+from vfl.compiled import bottom_functions, top_functions
 from vfl.config import TrainConfig
 from vfl.errors import (
     CheckpointError,
@@ -227,34 +226,15 @@ class PassiveParty(TrainingParty):
         self.bottom = ModelHandle(module)
         self.params = self.bottom.params
         self.opt_state = self.tx.init(self.params)
-        bottom, tx = self.bottom, self.tx
-        self._forward = jax.jit(bottom.apply)
-
-        def backward(params, opt_state, x, g):
-            _, vjp = jax.vjp(lambda p: bottom.apply(p, x), params)
-            (grads,) = vjp(g)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
-
-        self._backward = jax.jit(backward)
+        c = config
+        fns = bottom_functions(self.bottom.graphdef, c.optimizer, c.learning_rate, c.weight_decay)
+        self._forward, self._backward = fns.forward, fns.backward
         self._pending: tuple[int, np.ndarray, np.ndarray, int] | None = None
         self._sealer = None
         if config.protocol == "paillier":
             # The plaintext Jacobian of the bottom model on the party's own rows; the
             # encrypted product J^T [[delta]] is done by the Paillier engine.
-            _, unravel = ravel_pytree(self.params)
-
-            def jacobian(params, x):
-                flat, unravel_ = ravel_pytree(params)
-                return jax.jacrev(lambda v: bottom.apply(unravel_(v), x).reshape(-1))(flat)
-
-            def step_with(params, opt_state, flat_grads):
-                grads = unravel(flat_grads)
-                updates, opt_state = tx.update(grads, opt_state, params)
-                return optax.apply_updates(params, updates), opt_state
-
-            self._jacobian = jax.jit(jacobian)
-            self._step_with = jax.jit(step_with)
+            self._jacobian, self._step_with = fns.jacobian, fns.step_with
             self._sealer = PassiveSealer(
                 msg.payload["public_key"], insecure_test_key=config.insecure_test_key
             )
@@ -423,21 +403,15 @@ class ActiveParty(TrainingParty):
         )
         self.params = (self.bottom.params, self.top.params)
         self.opt_state = self.tx.init(self.params)
-        bottom, top, tx = self.bottom, self.top, self.tx
-
-        def logits_fn(params, x, hs):
-            return top.apply(params[1], [bottom.apply(params[0], x), *hs])
-
-        def step(params, opt_state, x, y, mask, hs):
-            def loss_fn(p, h):
-                return task.loss(logits_fn(p, x, h), y, mask)
-
-            loss, (g_params, g_hs) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, hs)
-            updates, opt_state = tx.update(g_params, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss, g_hs
-
-        self._step = jax.jit(step)
-        self._predict = jax.jit(lambda p, x, hs: task.predict(logits_fn(p, x, hs)))
+        fns = top_functions(
+            self.bottom.graphdef,
+            self.top.graphdef,
+            task,
+            config.optimizer,
+            config.learning_rate,
+            config.weight_decay,
+        )
+        self._step, self._predict = fns.step, fns.predict
         self._inbox: dict[str, np.ndarray] = {}
         self._inbox_round: int | None = None
         self._predict_inbox: dict[str, np.ndarray] = {}
