@@ -68,3 +68,30 @@ def register(mode: str):
         return cls
 
     return deco
+
+
+class HashSplitMixin:
+    """Train/test membership shared by every adapter: the keyed-hash split of
+    :func:`vfl.schedule.split_test` over the adapter's ``aligned`` / ``original_aligned``
+    ids under its ``config.seed`` and ``config.test_fraction``."""
+
+    def training_ids(self, pids) -> list[str]:
+        """Those of ``pids`` that were training rows before their erasure."""
+        from vfl.schedule import split_test
+
+        known = set(self.original_aligned)
+        pids = [str(p) for p in pids if str(p) in known]
+        if not pids:
+            return []
+        test = split_test(
+            np.asarray(pids, dtype=object), self.config.seed, self.config.test_fraction
+        )
+        return [p for p, t in zip(pids, test) if not t]
+
+    def split_ids(self) -> dict[str, list[str]]:
+        """Training (per the current data) and never-seen test ids over all models."""
+        from vfl.schedule import split_test
+
+        ids = np.asarray(self.aligned, dtype=object)
+        test = split_test(ids, self.config.seed, self.config.test_fraction)
+        return {"train": list(ids[~test]), "test": list(ids[test])}

@@ -32,11 +32,10 @@ from horizontal.config import FedConfig
 from horizontal.local import compiled_predict
 from horizontal.server import SERVER
 from horizontal.trainer import FederatedTrainer, FedRoundRecord
-from unlearning.contract import register
+from unlearning.contract import HashSplitMixin, register
 from unlearning.errors import RunDirError
 from unlearning.store import Checkpoint
 from vfl.parties import PartyState
-from vfl.schedule import split_test
 
 _DATA_CACHE: dict[str, dict] = {}
 
@@ -136,7 +135,7 @@ class UnlearnableFedTrainer(FederatedTrainer):
 
 
 @register("horizontal")
-class HorizontalAdapter:
+class HorizontalAdapter(HashSplitMixin):
     mode = "horizontal"
 
     def __init__(self, spec: dict, aligned: list[str], erased: set[str] = frozenset()):
@@ -223,16 +222,3 @@ class HorizontalAdapter:
                 where[str(i)] = y
         return np.asarray([where[str(i)] for i in ids])
 
-    def training_ids(self, pids) -> list[str]:
-        known = set(self.original_aligned)
-        pids = [str(p) for p in pids if str(p) in known]
-        if not pids:
-            return []
-        test = split_test(np.asarray(pids, dtype=object), self.config.seed,
-                          self.config.test_fraction)
-        return [p for p, t in zip(pids, test) if not t]
-
-    def split_ids(self) -> dict[str, list[str]]:
-        ids = np.asarray(self.aligned, dtype=object)
-        test = split_test(ids, self.config.seed, self.config.test_fraction)
-        return {"train": list(ids[~test]), "test": list(ids[test])}

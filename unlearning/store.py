@@ -21,8 +21,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,25 +28,9 @@ from pathlib import Path
 from flax import serialization
 
 from unlearning.errors import CheckpointCorruptedError, CheckpointMissingError
+from vfl.fileio import atomic_write  # noqa: F401  (re-exported for unlearning modules)
 
 INDEX_FORMAT = "vfl-checkpoint-index/1"
-
-
-def atomic_write(path: Path, data: bytes | str, *, fsync: bool = True) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def sha256(data: bytes) -> str:

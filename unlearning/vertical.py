@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from unlearning.contract import register
+from unlearning.contract import HashSplitMixin, register
 from unlearning.errors import RunDirError
 from unlearning.store import Checkpoint
 from vfl.config import TrainConfig
@@ -86,7 +86,7 @@ def party_state(tree: dict) -> PartyState:
 
 
 @register("vertical")
-class VerticalAdapter:
+class VerticalAdapter(HashSplitMixin):
     mode = "vertical"
 
     def __init__(self, spec: dict, aligned: list[str], erased: set[str] = frozenset()):
@@ -183,25 +183,6 @@ class VerticalAdapter:
         t = self.full_tables[self.active]
         return np.asarray(t.rows([str(i) for i in ids]).labels)
 
-    def training_ids(self, pids) -> list[str]:
-        """Those of ``pids`` that were training rows before their erasure."""
-        from vfl.schedule import split_test
-
-        known = set(self.original_aligned)
-        pids = [str(p) for p in pids if str(p) in known]
-        if not pids:
-            return []
-        test = split_test(np.asarray(pids, dtype=object), self.config.seed,
-                          self.config.test_fraction)
-        return [p for p, t in zip(pids, test) if not t]
-
-    def split_ids(self) -> dict[str, list[str]]:
-        """Training (per the current data) and never-seen test ids over all models."""
-        from vfl.schedule import split_test
-
-        ids = np.asarray(self.aligned, dtype=object)
-        test = split_test(ids, self.config.seed, self.config.test_fraction)
-        return {"train": list(ids[~test]), "test": list(ids[test])}
 
 
 def with_config(spec: dict, **changes) -> dict:

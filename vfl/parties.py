@@ -186,6 +186,30 @@ class TrainingParty(PSIParticipant):
         self._scoring = table
 
     # -- checkpoint (party-local) ----------------------------------------------------------
+    def used_ids(self, round: int) -> tuple[str, ...]:
+        return tuple(self.schedule.round_ids(round))
+
+    def snapshot(self) -> PartyState:
+        """This party's state after its last completed round (a checkpoint's content)."""
+        return PartyState(
+            self.name,
+            self.completed_round,
+            self._export_params(),
+            self._opt_leaves(self.opt_state),
+            np.asarray(jax.random.key_data(self.key)),
+            self.config.digest(),
+        )
+
+    def restore(self, state: PartyState) -> None:
+        """Continue from ``state``: parameters, optimizer state, replay history."""
+        self._check_restorable(state)
+        params = self._load_params(state.params)
+        opt_state = self._opt_from_leaves(self.opt_state, state.opt_state)
+        self.params, self.opt_state = params, opt_state
+        self.completed_round = state.round
+        self._clear_round_state()
+        self.reset_rounds(state.round)
+
     def _check_restorable(self, state: PartyState) -> None:
         if state.party != self.name:
             raise CheckpointError(f"checkpoint of {state.party!r} cannot restore {self.name!r}")
@@ -351,29 +375,16 @@ class PassiveParty(TrainingParty):
             )
         ]
 
-    def used_ids(self, round: int) -> tuple[str, ...]:
-        return tuple(self.schedule.round_ids(round))
+    def _export_params(self) -> dict:
+        return self.bottom.export(self.params)
 
-    def snapshot(self) -> PartyState:
-        return PartyState(
-            self.name,
-            self.completed_round,
-            self.bottom.export(self.params),
-            self._opt_leaves(self.opt_state),
-            np.asarray(jax.random.key_data(self.key)),
-            self.config.digest(),
-        )
+    def _load_params(self, pure: dict):
+        return self.bottom.load(pure)
 
-    def restore(self, state: PartyState) -> None:
-        self._check_restorable(state)
-        params = self.bottom.load(state.params)
-        opt_state = self._opt_from_leaves(self.opt_state, state.opt_state)
-        self.params, self.opt_state = params, opt_state
-        self.completed_round = state.round
+    def _clear_round_state(self) -> None:
         self._pending = None
         if self._sealer is not None:
             self._pending_mask = None
-        self.reset_rounds(state.round)
 
 
 class ActiveParty(TrainingParty):
@@ -601,26 +612,16 @@ class ActiveParty(TrainingParty):
             )
         ]
 
-    def used_ids(self, round: int) -> tuple[str, ...]:
-        return tuple(self.schedule.round_ids(round))
+    def _export_params(self) -> dict:
+        return {
+            "bottom": self.bottom.export(self.params[0]),
+            "top": self.top.export(self.params[1]),
+        }
 
-    def snapshot(self) -> PartyState:
-        return PartyState(
-            self.name,
-            self.completed_round,
-            {"bottom": self.bottom.export(self.params[0]), "top": self.top.export(self.params[1])},
-            self._opt_leaves(self.opt_state),
-            np.asarray(jax.random.key_data(self.key)),
-            self.config.digest(),
-        )
+    def _load_params(self, pure: dict):
+        return (self.bottom.load(pure["bottom"]), self.top.load(pure["top"]))
 
-    def restore(self, state: PartyState) -> None:
-        self._check_restorable(state)
-        params = (self.bottom.load(state.params["bottom"]), self.top.load(state.params["top"]))
-        opt_state = self._opt_from_leaves(self.opt_state, state.opt_state)
-        self.params, self.opt_state = params, opt_state
-        self.completed_round = state.round
+    def _clear_round_state(self) -> None:
         self._inbox, self._inbox_round = {}, None
         if self._keyring is not None:
             self._terms = {}
-        self.reset_rounds(state.round)

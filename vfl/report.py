@@ -8,18 +8,17 @@ atomically (temporary file, then rename) so an interrupted run never leaves half
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from vfl.fileio import atomic_write
 
 # Logs and CI are not terminals; rich would wrap tables at 80 columns there.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
@@ -49,22 +48,6 @@ def output_dir(args, name: str) -> Path:
     out = args.out if args.out is not None else Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _jsonable(obj):
