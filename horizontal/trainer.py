@@ -43,11 +43,11 @@ from horizontal.errors import (
 from horizontal.server import SERVER, FedServer
 from horizontal.simulation import LocalExecutor
 from vfl import metrics as vfl_metrics
-from vfl.errors import CheckpointError, PartyUnavailableError
+from vfl.errors import PartyUnavailableError
 from vfl.messages import COORDINATOR, Label, Message
 from vfl.progress import progress_bar
 from vfl.table import PartyTable
-from vfl.trainer import RoundRecord
+from vfl.trainer import RoundRecord, check_record
 from vfl.transport import InMemoryTransport
 
 
@@ -235,14 +235,7 @@ class FederatedTrainer:
         return {n: self.clients[n].setup_ids() for n in self.members}
 
     def restore(self, record: FedRoundRecord) -> None:
-        if record.config_digest != self.config.digest():
-            raise CheckpointError(
-                "the checkpoint was taken under a different federated config; resume with the "
-                "config it was trained with"
-            )
-        missing = ({SERVER} | set(self.members)) - set(record.states)
-        if missing:
-            raise CheckpointError(f"the checkpoint has no state for {sorted(missing)}")
+        check_record(record, self.config.digest(), {SERVER} | set(self.members))
         self.server.restore(record.states[SERVER])
         for n in self.members:
             self.clients[n].restore(record.states[n])

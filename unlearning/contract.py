@@ -70,10 +70,19 @@ def register(mode: str):
     return deco
 
 
-class HashSplitMixin:
-    """Train/test membership shared by every adapter: the keyed-hash split of
-    :func:`vfl.schedule.split_test` over the adapter's ``aligned`` / ``original_aligned``
-    ids under its ``config.seed`` and ``config.test_fraction``."""
+class AdapterBase:
+    """What every adapter shares: who holds a patient, SISA score averaging, and the
+    keyed-hash train/test split of :func:`vfl.schedule.split_test` over the adapter's
+    ``aligned`` / ``original_aligned`` ids under its ``config.seed`` and
+    ``config.test_fraction``."""
+
+    def holders(self, pid: str) -> list[str]:
+        return sorted(n for n, t in self.full_tables.items() if pid in set(map(str, t.ids)))
+
+    def scores(self, trainers: dict, ids) -> np.ndarray:
+        """Averaged scores of the models (SISA: mean over shards)."""
+        ids = [str(i) for i in ids]
+        return np.mean([np.asarray(t.predict(ids)) for t in trainers.values()], axis=0)
 
     def training_ids(self, pids) -> list[str]:
         """Those of ``pids`` that were training rows before their erasure."""

@@ -32,7 +32,7 @@ from horizontal.config import FedConfig
 from horizontal.local import compiled_predict
 from horizontal.server import SERVER
 from horizontal.trainer import FederatedTrainer, FedRoundRecord
-from unlearning.contract import HashSplitMixin, register
+from unlearning.contract import AdapterBase, register
 from unlearning.errors import RunDirError
 from unlearning.store import Checkpoint
 from vfl.parties import PartyState
@@ -135,7 +135,7 @@ class UnlearnableFedTrainer(FederatedTrainer):
 
 
 @register("horizontal")
-class HorizontalAdapter(HashSplitMixin):
+class HorizontalAdapter(AdapterBase):
     mode = "horizontal"
 
     def __init__(self, spec: dict, aligned: list[str], erased: set[str] = frozenset()):
@@ -208,13 +208,6 @@ class HorizontalAdapter(HashSplitMixin):
         return out | {n: state_tree(trainer.clients[n].snapshot()) for n in trainer.members}
 
     # -- data ------------------------------------------------------------------------------
-    def holders(self, pid: str) -> list[str]:
-        return sorted(n for n, t in self.full_tables.items() if pid in set(map(str, t.ids)))
-
-    def scores(self, trainers: dict, ids) -> np.ndarray:
-        ids = [str(i) for i in ids]
-        return np.mean([np.asarray(t.predict(ids)) for t in trainers.values()], axis=0)
-
     def labels(self, ids) -> np.ndarray:
         where = {}
         for t in self.full_tables.values():

@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from unlearning.contract import HashSplitMixin, register
+from unlearning.contract import AdapterBase, register
 from unlearning.errors import RunDirError
 from unlearning.store import Checkpoint
 from vfl.config import TrainConfig
@@ -86,7 +86,7 @@ def party_state(tree: dict) -> PartyState:
 
 
 @register("vertical")
-class VerticalAdapter(HashSplitMixin):
+class VerticalAdapter(AdapterBase):
     mode = "vertical"
 
     def __init__(self, spec: dict, aligned: list[str], erased: set[str] = frozenset()):
@@ -171,14 +171,6 @@ class VerticalAdapter(HashSplitMixin):
         return {n: state_tree(fed.parties[n].snapshot()) for n in fed.names}
 
     # -- data ------------------------------------------------------------------------------
-    def holders(self, pid: str) -> list[str]:
-        return sorted(n for n, t in self.full_tables.items() if pid in set(map(str, t.ids)))
-
-    def scores(self, trainers: dict, ids) -> np.ndarray:
-        """Averaged scores of the models (SISA: mean over shards)."""
-        ids = [str(i) for i in ids]
-        return np.mean([np.asarray(t.predict(ids)) for t in trainers.values()], axis=0)
-
     def labels(self, ids) -> np.ndarray:
         t = self.full_tables[self.active]
         return np.asarray(t.rows([str(i) for i in ids]).labels)

@@ -54,6 +54,18 @@ class TrainHistory:
 CheckpointCallback = Callable[[RoundRecord], None]
 
 
+def check_record(record: RoundRecord, config_digest: str, names) -> None:
+    """Refuse to resume from a record of another config or missing a participant's state."""
+    if record.config_digest != config_digest:
+        raise CheckpointError(
+            "the checkpoint was taken under a different training config; resume with the "
+            "config it was trained with"
+        )
+    missing = set(names) - set(record.states)
+    if missing:
+        raise CheckpointError(f"the checkpoint has no state for {sorted(missing)}")
+
+
 class SplitTrainer:
     """Drives split training through the coordinator; never touches a party's data."""
 
@@ -135,14 +147,7 @@ class SplitTrainer:
         return {n: fed.parties[n].setup_ids() for n in fed.names}
 
     def restore(self, record: RoundRecord) -> None:
-        if record.config_digest != self.config.digest():
-            raise CheckpointError(
-                "the checkpoint was taken under a different training config; resume with the "
-                "config it was trained with"
-            )
-        missing = set(self.federation.names) - set(record.states)
-        if missing:
-            raise CheckpointError(f"the checkpoint has no state for {sorted(missing)}")
+        check_record(record, self.config.digest(), self.federation.names)
         for name in self.federation.names:
             self.federation.parties[name].restore(record.states[name])
 
