@@ -36,7 +36,9 @@ def encode(v: np.ndarray, scheme: str, *, seed_parts=(), topk_fraction: float = 
     if scheme in ("int8", "int4"):
         levels = 127 if scheme == "int8" else 7
         top = float(np.max(np.abs(v))) if v.size else 0.0
-        scale = np.float32(top / levels if top > 0 else 1.0)
+        scale = np.float32(top / levels)
+        if not scale > 0:  # all zeros, or so tiny that float32 underflows to 0
+            scale = np.float32(1.0)
         rng = np.random.default_rng(keyed_hash("quantize", *seed_parts))
         scaled = v / scale
         q = np.floor(scaled + rng.random(v.shape, dtype=np.float32))

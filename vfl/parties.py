@@ -62,6 +62,16 @@ class PartyState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def pad_rows(x: np.ndarray, minimum: int = 64) -> np.ndarray:
+    """Zero-pad rows up to a power of two, so scoring any number of rows compiles a handful
+    of programs instead of one per row count (rows are independent; callers slice back)."""
+    n = len(x)
+    size = max(minimum, 1 << max(n - 1, 0).bit_length())
+    out = np.zeros((size, *x.shape[1:]), dtype=x.dtype)
+    out[:n] = x
+    return out
+
+
 def party_key(seed: int, name: str):
     """The party's own PRNG key, derived from the public seed and its name."""
     salt = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
@@ -365,7 +375,7 @@ class PassiveParty(TrainingParty):
     @handles("predict.forward")
     def on_predict(self, msg: Message) -> list[Message]:
         ids, x = self._scoring_features(msg.payload)
-        h = np.asarray(self._forward(self.params, x)) if len(x) else np.zeros((0, 1), np.float32)
+        h = np.asarray(self._forward(self.params, pad_rows(x)))[: len(x)]
         return [
             self.send(
                 self.active,
@@ -576,7 +586,8 @@ class ActiveParty(TrainingParty):
                     "being scored"
                 )
             hs.append(h)
-        return ids, np.asarray(self._predict(self.params, x, hs))
+        padded = [pad_rows(h) for h in hs]
+        return ids, np.asarray(self._predict(self.params, pad_rows(x), padded))[: len(x)]
 
     @handles("predict.run")
     def on_predict_run(self, msg: Message) -> list[Message]:
