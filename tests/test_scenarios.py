@@ -83,3 +83,20 @@ def test_hospital_lab_pharmacy_paillier_quick(tmp_path):
     kinds = {(r["receiver"], r["kind"], r["label"]) for r in result["transcript"]}
     assert ("lab", "train.enc_cut_gradient", "ciphertext") in kinds
     assert not any(k == "train.cut_gradient" for _, k, _ in kinds)
+
+
+@pytest.mark.slow
+def test_erasure_request_quick(tmp_path):
+    result, out, _ = _run("erasure_request", tmp_path)
+    assert result["scenario"] == "erasure_request"
+    exact = [r for r in result["requests"] if r["method"] == "exact"]
+    assert exact
+    for r in exact:
+        assert r["max_abs_param_diff_vs_retrain"] is not None
+        assert r["max_abs_param_diff_vs_retrain"] <= 1e-6
+        assert abs(r["mia_auc_erased"] - r["mia_auc_unseen"]) <= 0.05
+        assert (out / "certificates").is_dir()
+    assert result["audit_verified"] is True and result["tamper_detected"] is True
+    assert result["sisa"]["auc"] >= result["sisa"]["auc_single_model"] - 0.02
+    approx = result["approximate"]
+    assert approx["local_steps_unlearn"] < approx["local_steps_retrain"]
