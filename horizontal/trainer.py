@@ -47,7 +47,7 @@ from vfl.errors import PartyUnavailableError
 from vfl.messages import COORDINATOR, Label, Message
 from vfl.progress import progress_bar
 from vfl.table import PartyTable
-from vfl.trainer import RoundRecord, check_record
+from vfl.trainer import RoundRecord, check_record, prepare_fit
 from vfl.transport import InMemoryTransport
 
 
@@ -245,12 +245,7 @@ class FederatedTrainer:
     def fit(self, *, on_round_end=None, resume_from: FedRoundRecord | None = None,
             stop_after: int | None = None, eval_every: int = 0, progress: bool = True,
             description: str = "federated training") -> list[dict]:
-        if not self._setup_done:
-            self.setup()
-        start = 0
-        if resume_from is not None:
-            self.restore(resume_from)
-            start = resume_from.round + 1
+        start = prepare_fit(self, resume_from)
         last = self.config.rounds - 1 if stop_after is None else min(
             stop_after, self.config.rounds - 1)
         history = []

@@ -54,6 +54,17 @@ class TrainHistory:
 CheckpointCallback = Callable[[RoundRecord], None]
 
 
+def prepare_fit(trainer, resume_from: RoundRecord | None) -> int:
+    """Set up ``trainer`` if needed, restore ``resume_from`` if given, and return the first
+    round to run (the shared start of both trainers' ``fit``)."""
+    if not trainer._setup_done:
+        trainer.setup()
+    if resume_from is None:
+        return 0
+    trainer.restore(resume_from)
+    return resume_from.round + 1
+
+
 def check_record(record: RoundRecord, config_digest: str, names) -> None:
     """Refuse to resume from a record of another config or missing a participant's state."""
     if record.config_digest != config_digest:
@@ -162,12 +173,7 @@ class SplitTrainer:
         description: str = "training",
     ) -> TrainHistory:
         """Train for ``config.epochs`` epochs (or until round ``stop_after``, inclusive)."""
-        if not self._setup_done:
-            self.setup()
-        start = 0
-        if resume_from is not None:
-            self.restore(resume_from)
-            start = resume_from.round + 1
+        start = prepare_fit(self, resume_from)
         history = TrainHistory()
         t0 = time.perf_counter()
         last = self.n_rounds - 1 if stop_after is None else min(stop_after, self.n_rounds - 1)
