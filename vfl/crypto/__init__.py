@@ -22,6 +22,7 @@ Public API (everything else is internal)::
                            method="auto", pool=None) -> [[M @ v]]
     PackingLayout(magnitude_bits, headroom_bits=0).pack / .unpack
     pack_encrypted(enc, layout) / decrypt_packed(sk, packed, layout, count, *, terms=1)
+    pack_masked(enc, mask, layout, *, randomness=None) -> pack([[v + R]])
     WorkerPool(max_workers=None, *, min_items=32) / set_default_workers(n)
 
 Exceptions (all ``CryptoError``): InsecureKeyError, InvalidCiphertextError, WrongKeyError,
@@ -33,9 +34,8 @@ Encrypted gradient exchange (DESIGN.md section 4), with ``J^T`` of shape (params
     enc_delta = encrypt_array(pk, codec.encode(delta), scale_bits=32)     # active party
     g = plain_matmul_encrypted(codec.encode(J.T), enc_delta, matrix_scale_bits=32)  # passive
     mask = draw_mask(g.shape, bits=b)          # b bounds |g| (check_product_bound)
-    masked = add(g, encrypt_array(pk, mask, scale_bits=g.scale_bits))   # fresh randomness
     layout = PackingLayout(magnitude_bits=b + 41)
-    packed = pack_encrypted(masked, layout)                              # few ciphertexts
+    packed = pack_masked(g, mask, layout)      # few ciphertexts, one fresh encryption each
     plain = decrypt_packed(sk, packed, layout, g.size)                  # active party
     grad = codec.decode(plain - mask, scale_bits=64)                     # passive party
 """
@@ -59,6 +59,7 @@ from vfl.crypto.engine import (
     encrypt_array,
     mul_scalar,
     pack_encrypted,
+    pack_masked,
     plain_matmul_encrypted,
     rerandomize,
     sum,  # noqa: A004 - array-level sum of ciphertexts, as in numpy
@@ -106,6 +107,7 @@ __all__ = [
     "generate_keypair",
     "mul_scalar",
     "pack_encrypted",
+    "pack_masked",
     "plain_matmul_encrypted",
     "rerandomize",
     "set_default_workers",

@@ -40,10 +40,19 @@ from vfl.crypto.keys import PrivateKey, PublicKey, crt_decrypt
 from vfl.crypto.multiexp import METHODS, choose_method
 from vfl.crypto.multiexp import matvec as _matvec_kernel
 from vfl.crypto.packing import PackingLayout
-from vfl.crypto.parallel import resolve_pool, split, task_decrypt, task_matvec
+from vfl.crypto.parallel import (
+    pack_horner,
+    resolve_pool,
+    split,
+    task_decrypt,
+    task_matvec,
+    task_pack,
+)
 from vfl.crypto.randomness import RandomnessPool
 
 _DEFAULT_RANDOMNESS: dict[bytes, RandomnessPool] = {}
+#: Pool work items one CRT decryption counts as (an item ~ one CRT obfuscator).
+DECRYPT_WORK_ITEMS = 8
 
 
 def default_randomness(public_key: PublicKey) -> RandomnessPool:
@@ -138,7 +147,9 @@ def decrypt_array(private_key: PrivateKey, enc: EncryptedArray, *, pool=None) ->
 def _decrypt_residues(private_key: PrivateKey, values: list, pool) -> list:
     params = private_key.crt_params()
     wp = resolve_pool(pool)
-    parts = wp.parallel_for(len(values))
+    # A CRT decryption (two 1024-bit exponentiations) costs several times an obfuscator,
+    # the pool's unit of work, so even a few packed ciphertexts are worth spreading.
+    parts = wp.parallel_for(len(values) * DECRYPT_WORK_ITEMS)
     if parts == 1:
         return crt_decrypt(params, values)
     out = []
@@ -314,28 +325,70 @@ def plain_matmul_encrypted(
 
 
 # --- packing -------------------------------------------------------------------------------
-def pack_encrypted(enc: EncryptedArray, layout: PackingLayout) -> EncryptedArray:
+def pack_encrypted(enc: EncryptedArray, layout: PackingLayout, *, pool=None) -> EncryptedArray:
     """Pack ciphertexts homomorphically: ``[[sum_j (v_j + offset) * 2**(j*slot_bits)]]``.
 
     The caller guarantees ``|v_j| < 2**layout.magnitude_bits`` (e.g. masked values with a
     known mask width); :func:`decrypt_packed` reports overflow of the top slot. Horner's rule
-    costs ``slot_bits`` squarings per slot, far less than the decryptions it saves.
+    costs ``slot_bits`` squarings per slot, far less than the decryptions it saves. Each
+    packed ciphertext is independent, so they are spread over the process ``pool`` when
+    there are at least two and enough squarings to pay for the round trip.
     """
     enc = _check_enc(enc)
     pub = enc.public_key
     s, w = layout.slots_per_plaintext(pub), layout.slot_bits
     n, n2 = pub.n, pub.nsquare
-    step = mpz(1) << w
     vals = enc.values
+    chunks = [vals[start : start + s] for start in range(0, len(vals), s)]
+    wp = resolve_pool(pool)
+    # work in pool items (~ one obfuscator, ~128 squarings mod n^2 each)
+    parts = min(len(chunks), wp.parallel_for(len(vals) * w // 128))
+    if parts == 1:
+        horner = pack_horner(chunks, w, n2)
+    else:
+        horner = []
+        for part in wp.map(task_pack, [(c, w, n2) for c in split(chunks, parts)]):
+            horner.extend(part)
     out = []
-    for start in range(0, len(vals), s):
-        chunk = vals[start : start + s]
-        acc = chunk[-1]
-        for c in reversed(chunk[:-1]):
-            acc = gmpy2.powmod(acc, step, n2) * c % n2
+    for chunk, acc in zip(chunks, horner, strict=True):
         offsets = builtins.sum(layout.offset << (w * j) for j in range(len(chunk)))
         out.append(acc * (1 + offsets % n * n) % n2)
     return EncryptedArray(out, (len(out),), pub, enc.scale_bits)
+
+
+def pack_masked(
+    enc: EncryptedArray,
+    mask,
+    layout: PackingLayout,
+    *,
+    randomness: RandomnessPool | None = None,
+    pool=None,
+) -> EncryptedArray:
+    """``pack([[v + R]])``: pack ``enc`` and add the packed mask ``R`` as a fresh encryption.
+
+    Packing first and masking the packed ciphertexts costs one encryption per *packed*
+    ciphertext instead of one per value (e.g. 2 instead of 30), and the fresh encryption
+    still re-randomizes what the key holder receives. ``mask`` holds non-negative ints
+    (:func:`draw_mask`); every slot then decrypts to ``v_j + R_j`` and must fit
+    ``layout.magnitude_bits``.
+    """
+    enc = _check_enc(enc)
+    pub = enc.public_key
+    flat = [int(r) for r in as_int_array(mask).reshape(-1)]
+    if len(flat) != enc.size:
+        raise ShapeMismatchError(f"{len(flat)} mask values for {enc.size} ciphertexts")
+    if any(r < 0 for r in flat):
+        raise ValueError("mask values must be non-negative (use draw_mask)")
+    packed = pack_encrypted(enc, layout, pool=pool)
+    s, w = layout.slots_per_plaintext(pub), layout.slot_bits
+    rows = [
+        builtins.sum(r << (w * j) for j, r in enumerate(flat[i : i + s]))
+        for i in range(0, len(flat), s)
+    ]
+    enc_mask = encrypt_array(
+        pub, rows, scale_bits=enc.scale_bits, randomness=randomness, pool=1
+    )
+    return add(packed, enc_mask)
 
 
 def decrypt_packed(

@@ -27,6 +27,8 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+import gmpy2
+
 from vfl.crypto.fixedbase import FixedBaseTable
 from vfl.crypto.keys import crt_decrypt
 from vfl.crypto.multiexp import matvec
@@ -199,3 +201,20 @@ def task_decrypt(params: tuple, ciphertexts: list) -> list:
 
 def task_matvec(method: str, matrix, bases: list, modulus, param) -> list:
     return matvec(method, matrix, bases, modulus, param)
+
+
+def pack_horner(chunks: list, slot_bits: int, modulus) -> list:
+    """Per chunk ``[c_0, ..., c_k]``: ``prod_j c_j ** (2 ** (j * slot_bits))`` by Horner's
+    rule (``slot_bits`` squarings per slot inside one ``powmod``)."""
+    step = gmpy2.mpz(1) << slot_bits
+    out = []
+    for chunk in chunks:
+        acc = chunk[-1]
+        for c in reversed(chunk[:-1]):
+            acc = gmpy2.powmod(acc, step, modulus) * c % modulus
+        out.append(acc)
+    return out
+
+
+def task_pack(chunks: list, slot_bits: int, modulus) -> list:
+    return pack_horner(chunks, slot_bits, modulus)
