@@ -30,6 +30,7 @@ from unlearning.methods.approximate import compare_with_retrain
 from unlearning.methods.sisa import sisa_spec
 from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
+from unlearning.shadow import attack_run
 from vfl.config import TrainConfig
 from vfl.datasets import load_flchain
 from vfl.models import ModelConfig
@@ -131,6 +132,8 @@ def main(argv=None) -> dict:
     console.print(f"exact replay: {n_single} single requests and a batch of {n_batch}")
     cert = service.submit_many([ErasureRequest(p, party="lab") for p in batch])
     record(f"batch {n_batch}", batch, cert, "exact")
+    # Shadow-model MIA on the batch, before the single requests change the model again
+    shadow = attack_run(run, batch, shadow_models=4 if quick else 8, seed=args.seed)
     for pid in singles:
         cert = service.submit(ErasureRequest(pid, party="hospital", reason="patient request"))
         record(pid[:12], [pid], cert, "exact")
@@ -203,6 +206,10 @@ def main(argv=None) -> dict:
                                                for r in sisa_req])) if sisa_req else None,
         },
         "approximate": approximate,
+        "shadow_mia": {k: shadow[k] for k in (
+            "auc_erased", "auc_unseen", "auc_members", "auc_diff_ci95", "auc_shadow",
+            "shadow_models", "shadow_train_rows", "n_erased", "n_unseen_eval", "n_members",
+            "seconds")},
         "run_dirs": {"vertical": str(run.path), "sisa": str(sisa.path)},
     }
 
@@ -232,12 +239,32 @@ SISA test AUC {sisa_auc:.4f} vs the single model {single_auc:.4f}.
 Audit log verified: {audit_ok}; tampered copy detected at entry {tamper_result.first_bad}.
 Approximate removal of a hospital: {result["approximate"]["status"]}.
 
+{_shadow_section(shadow)}
+
 ![times](erasure_times.png)
 """
     (out / "report.md").write_text(report)
     write_json(result, out / "result.json", args.json)
     console.print(f"wrote {out}/report.md, erasure_times.png, result.json, certificates/")
     return result
+
+
+def _shadow_section(shadow: dict) -> str:
+    """The report's shadow-model attack table (batch request, exact replay)."""
+    rows = [["erased (batch) vs never-seen", shadow["auc_erased"], shadow["n_erased"]],
+            ["never-seen vs never-seen", shadow["auc_unseen"], shadow["n_unseen_eval"] // 2],
+            ["still in training vs never-seen", shadow["auc_members"], shadow["n_members"]],
+            ["shadow-in vs shadow-out (in-sample)", shadow["auc_shadow"],
+             shadow["shadow_models"] * shadow["shadow_train_rows"]]]
+    lo, hi = shadow["auc_diff_ci95"]
+    return f"""## Shadow-model attack
+
+Shokri et al. 2017 on the batch request: {shadow["shadow_models"]} shadow models trained like
+the target on {shadow["shadow_train_rows"]} never-seen rows each (the attacker's share of the
+never-seen rows, disjoint from every probe), per-class logistic attack models on P(true
+label), its log and the entropy. AUC erased - unseen 95% CI [{lo:.3f}, {hi:.3f}].
+
+{markdown_table(["probe rows", "attack AUC", "rows"], rows)}"""
 
 
 def _test_auc(run: RunDir) -> float:

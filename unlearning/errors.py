@@ -40,3 +40,8 @@ class ErasureInterrupted(UnlearningError):
 
 class MethodUnavailableError(UnlearningError):
     """The requested unlearning method does not apply to this run."""
+
+
+class ShadowAttackError(UnlearningError):
+    """The shadow-model membership attack cannot run: too few never-seen rows for the
+    shadows and the probes, labels that are not classes, or bad attack settings."""
