@@ -10,18 +10,92 @@ Node names (patient ids are the parties' pseudonymous ids, nothing else):
 * ``m|NAME``      a published model (a model's final round, or an ensemble of them);
 * ``e|REQUEST``   an erasure certificate.
 
-A contribution has an edge to the setup it influenced and to every round that used it;
-"what did P influence" is the set of descendants of P's contribution nodes.
+A contribution has an edge to the setup it influenced and to the first round of each model
+that used it; "what did P influence" is the set of descendants of P's contribution nodes
+(every later round of that model descends from the first through the round chain, so an
+edge to each of them would add nothing to the query). Every round that used the
+contribution, the first included, is kept on the node as ``uses`` (``{model: [round, ...]}``
+ascending; :meth:`Lineage.directly_used`).
+
+Cost. An edge per use would grow with parties x patients x epochs (hundreds of thousands
+of edges for a small run at 64 epochs), and every erasure copies the graph (the staged
+lineage), saves it and reloads it after the commit. With first-use edges the graph has
+about one edge per contribution and model, and the uses are plain integer lists. The graph
+is a :class:`LineageGraph` (a ``networkx.DiGraph`` whose ``copy`` copies the adjacency dicts
+directly, and the ``uses`` lists, instead of re-adding every edge), saved in a compact
+indexed JSON form (``vfl-lineage/2``: node list, successor indices and each distinct
+``uses`` list once; older ``node_link`` files with an edge per use still load and are
+converted), and these bulk builds run with the cyclic garbage collector paused: they
+allocate many acyclic containers, which otherwise trigger full collections of the whole
+(JAX-sized) heap.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import gc
 import json
 from pathlib import Path
 
 import networkx as nx
 
 from unlearning.store import atomic_write
+
+LINEAGE_FORMAT = "vfl-lineage/2"
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector around a bulk build of acyclic containers."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _copy_attrs(d: dict) -> dict:
+    out = d.copy()
+    uses = out.get("uses")
+    if uses is not None:  # owned by the graph and appended to: never shared between copies
+        out["uses"] = {m: list(r) for m, r in uses.items()}
+    return out
+
+
+class LineageGraph(nx.DiGraph):
+    """A ``DiGraph`` with a structural :meth:`copy`: the same graph (nodes, edges, node,
+    edge and graph attributes copied one level deep, like ``DiGraph.copy``, plus each
+    contribution's ``uses`` lists) built by copying the adjacency dicts, without
+    ``add_edges_from``'s per-edge bookkeeping."""
+
+    def copy(self, as_view: bool = False):
+        if as_view:
+            return super().copy(as_view=True)
+        h = self.__class__()
+        with gc_paused():
+            h.graph.update(
+                {k: (list(v) if isinstance(v, list) else v) for k, v in self.graph.items()}
+            )
+            h._node.update({n: _copy_attrs(d) for n, d in self._node.items()})
+            succ, pred = h._succ, h._pred
+            for v in self._pred:
+                pred[v] = {}
+            for u, nbrs in self._succ.items():
+                out = succ[u] = {}
+                for v, dd in nbrs.items():
+                    out[v] = pred[v][u] = dd.copy() if dd else {}
+        return h
+
+
+def _as_lineage_graph(graph: nx.DiGraph | None) -> nx.DiGraph:
+    if graph is None:
+        return LineageGraph()
+    if type(graph) is nx.DiGraph:
+        graph.__class__ = LineageGraph  # same data; its copies then own their ``uses``
+    return graph
 
 
 def contrib(party: str, pid: str) -> str:
@@ -33,38 +107,110 @@ def round_node(model: str, r: int) -> str:
 
 
 class Lineage:
+    """The lineage graph ``g`` and its queries. :meth:`add_round` adds the round node at
+    once and records the round's rows in bulk later (before anything reads ``g``: the
+    per-row work then runs in one tight loop instead of between training rounds)."""
+
     def __init__(self, graph: nx.DiGraph | None = None):
-        self.g = graph if graph is not None else nx.DiGraph()
+        self._rows: list[tuple[str, int, str, dict]] = []  # rounds whose rows are pending
+        self._g = _as_lineage_graph(graph)
+
+    @property
+    def g(self) -> nx.DiGraph:
+        if self._rows:
+            self._record_rows()
+        return self._g
+
+    @g.setter
+    def g(self, graph: nx.DiGraph) -> None:
+        if self._rows:
+            self._record_rows()
+        self._g = _as_lineage_graph(graph)
 
     # -- building --------------------------------------------------------------------------
     def _contrib(self, party: str, pid: str) -> str:
         node = contrib(party, pid)
-        if node not in self.g:
-            self.g.add_node(node, kind="contribution", party=party, pid=str(pid))
-            parties = self.g.graph.setdefault("parties", [])
+        g = self._g
+        if node not in g:
+            g.add_node(node, kind="contribution", party=party, pid=str(pid))
+            parties = g.graph.setdefault("parties", [])
             if party not in parties:
                 parties.append(party)
         return node
 
+    def _link(self, c: str, node: str) -> None:
+        """Edge ``c -> node`` between existing nodes, without attributes: what ``add_edge``
+        does, minus its per-edge checks (this runs for every id of every round)."""
+        g = self._g
+        out = g._succ[c]
+        if node not in out:
+            out[node] = g._pred[node][c] = {}
+
+    def _touched(self) -> None:
+        cache = getattr(self._g, "__networkx_cache__", None)
+        if cache:
+            cache.clear()
+
     def add_setup(self, model: str, setup_ids: dict[str, tuple[str, ...]]) -> None:
         s = f"s|{model}"
         self.g.add_node(s, kind="setup", model=model)
-        for party, ids in setup_ids.items():
-            for pid in ids:
-                self.g.add_edge(self._contrib(party, pid), s)
+        nodes = self.g._node
+        with gc_paused():
+            for party, ids in setup_ids.items():
+                for pid in ids:
+                    c = f"d|{party}|{pid}"
+                    if c not in nodes:
+                        self._contrib(party, pid)
+                    self._link(c, s)
+        self._touched()
 
     def add_round(self, model: str, r: int, ids_used: dict[str, tuple[str, ...]]) -> None:
+        """Round ``r`` of ``model`` used these rows: a ``uses`` entry on each contribution,
+        and an edge from it to this round when it is the first round of ``model`` it used
+        (recorded before ``g`` is next read)."""
         node = round_node(model, r)
-        self.g.add_node(node, kind="round", model=model, round=r)
-        self.g.add_edge(f"s|{model}" if r == 0 else round_node(model, r - 1), node)
-        for party, ids in ids_used.items():
-            for pid in ids:
-                self.g.add_edge(self._contrib(party, pid), node)
+        g = self._g
+        g.add_node(node, kind="round", model=model, round=r)
+        g.add_edge(f"s|{model}" if r == 0 else round_node(model, r - 1), node)
+        if ids_used:
+            self._rows.append((model, r, node, ids_used))
+
+    def _record_rows(self) -> None:
+        rows, self._rows = self._rows, []
+        g = self._g
+        nodes = g._node
+        with gc_paused():
+            for model, r, node, ids_used in rows:
+                for party, ids in ids_used.items():
+                    for pid in ids:
+                        c = f"d|{party}|{pid}"
+                        a = nodes.get(c)
+                        if a is None:
+                            self._contrib(party, pid)
+                            a = nodes[c]
+                        uses = a.get("uses")
+                        if uses is None:
+                            uses = a["uses"] = {}
+                        rounds = uses.get(model)
+                        if not rounds:
+                            uses[model] = [r]
+                            self._link(c, node)
+                        elif r > rounds[-1]:
+                            rounds.append(r)
+                        elif r not in rounds:  # out of order (a fit never does this)
+                            bisect.insort(rounds, r)
+                            if rounds[0] == r:
+                                first = round_node(model, rounds[1])
+                                if first in g._succ[c]:
+                                    g.remove_edge(c, first)
+                                self._link(c, node)
+        self._touched()
 
     def add_checkpoint(self, model: str, r: int, digest: str) -> None:
         node = f"c|{model}|{r}"
-        self.g.add_node(node, kind="checkpoint", model=model, round=r, digest=digest)
-        self.g.add_edge(round_node(model, r), node)
+        g = self._g  # rows of pending rounds need not be recorded for this
+        g.add_node(node, kind="checkpoint", model=model, round=r, digest=digest)
+        g.add_edge(round_node(model, r), node)
 
     def publish(self, name: str, sources: list[str], **attrs) -> str:
         """A published model built from rounds (``r|...``) or other published models."""
@@ -89,6 +235,17 @@ class Lineage:
         if first_round <= 0:
             doomed.append(f"s|{model}")
         self.g.remove_nodes_from(doomed)
+        # the contributions' uses of the dropped rounds go too (their first-use edges went
+        # with the round nodes when the first use was dropped)
+        for a in self.g._node.values():
+            uses = a.get("uses")
+            rounds = uses.get(model) if uses else None
+            if rounds and rounds[-1] >= first_round:
+                keep = bisect.bisect_left(rounds, first_round)
+                if keep:
+                    del rounds[keep:]
+                else:
+                    del uses[model]
 
     def remove_patient(self, pids, request_id: str) -> int:
         """Delete the erased patients' contribution nodes; record the erasure."""
@@ -135,10 +292,9 @@ class Lineage:
         out: dict[str, set[int]] = {}
         for pid in pids:
             for node in self.contributions(pid):
-                for succ in self.g.successors(node):
-                    a = self.g.nodes[succ]
-                    if a.get("kind") == "round":
-                        out.setdefault(a["model"], set()).add(a["round"])
+                for model, rounds in (self.g.nodes[node].get("uses") or {}).items():
+                    if rounds:
+                        out.setdefault(model, set()).update(rounds)
         return {m: sorted(v) for m, v in out.items()}
 
     def first_influence(self, pids) -> dict[str, int]:
@@ -165,14 +321,105 @@ class Lineage:
         return before[-1] if before else None
 
     # -- persistence -----------------------------------------------------------------------
+    def to_json(self) -> dict:
+        """``{"format", "graph", "nodes": [[name, attrs], ...], "succ": [[j, ...], ...],
+        "uses": [[round, ...], ...], "edge_attrs": [...]}``: ``succ[i]`` lists the indices of
+        node ``i``'s successors; a contribution's ``uses`` are stored as ``{model: k}``, the
+        index of its round list in ``uses`` (lists are shared: in a vertical federation
+        every party's row of a patient is used in the same rounds); ``edge_attrs`` holds
+        ``[i, j, attrs]`` for the (rare) edges that carry attributes."""
+        g = self.g
+        index = {n: i for i, n in enumerate(g._node)}
+        succ, edge_attrs, nodes = [], [], []
+        table: list[list[int]] = []
+        known: dict[tuple[int, ...], int] = {}
+        for n, a in g._node.items():
+            nbrs = g._succ[n]
+            succ.append([index[v] for v in nbrs])
+            edge_attrs += [[index[n], index[v], d] for v, d in nbrs.items() if d]
+            uses = a.get("uses")
+            if uses is not None:
+                refs = {}
+                for model, rounds in uses.items():
+                    k = known.setdefault(tuple(rounds), len(table))
+                    if k == len(table):
+                        table.append(rounds)
+                    refs[model] = k
+                a = {**a, "uses": refs}
+            nodes.append([n, a])
+        return {
+            "format": LINEAGE_FORMAT,
+            "graph": g.graph,
+            "nodes": nodes,
+            "succ": succ,
+            "uses": table,
+            "edge_attrs": edge_attrs,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Lineage:
+        if data.get("format") != LINEAGE_FORMAT:  # an older node_link file
+            g = nx.node_link_graph(data, directed=True, edges="edges")
+            h = LineageGraph()
+            h.graph.update(g.graph)
+            h.add_nodes_from(g.nodes(data=True))
+            h.add_edges_from(g.edges(data=True))
+            return cls(_first_use_edges(h))
+        g = LineageGraph()
+        with gc_paused():
+            g.graph.update(data.get("graph") or {})
+            table = data.get("uses") or []
+            names = []
+            for n, a in data["nodes"]:
+                refs = a.get("uses")
+                if refs is not None:  # each node owns (and appends to) its own lists
+                    a["uses"] = {m: list(table[k]) for m, k in refs.items()}
+                g._node[n] = a
+                names.append(n)
+            succ, pred = g._succ, g._pred
+            for n in names:
+                pred[n] = {}
+            for u, targets in zip(names, data["succ"]):
+                nbrs = {}
+                for j in targets:
+                    v = names[j]
+                    nbrs[v] = pred[v][u] = {}
+                succ[u] = nbrs
+            for i, j, attrs in data.get("edge_attrs", ()):
+                succ[names[i]][names[j]].update(attrs)
+        return cls(g)
+
     def save(self, path: str | Path, *, fsync: bool = True) -> None:
-        data = nx.node_link_data(self.g, edges="edges")
-        atomic_write(Path(path), json.dumps(data, separators=(",", ":")), fsync=fsync)
+        with gc_paused():
+            text = json.dumps(self.to_json(), separators=(",", ":"), check_circular=False)
+        atomic_write(Path(path), text, fsync=fsync)
 
     @classmethod
     def load(cls, path: str | Path) -> Lineage:
         path = Path(path)
         if not path.exists():
             return cls()
-        data = json.loads(path.read_text())
-        return cls(nx.node_link_graph(data, directed=True, edges="edges"))
+        with gc_paused():
+            data = json.loads(path.read_text())
+        return cls.from_json(data)
+
+
+def _first_use_edges(g: LineageGraph) -> LineageGraph:
+    """Convert a graph with an edge per use (older files) to first-use edges plus ``uses``."""
+    for c, a in g._node.items():
+        if a.get("kind") != "contribution":
+            continue
+        used: dict[str, list[tuple[int, str]]] = {}
+        for v in g._succ[c]:
+            b = g._node[v]
+            if b.get("kind") == "round":
+                used.setdefault(b["model"], []).append((b["round"], v))
+        if not used:
+            continue
+        uses = a.setdefault("uses", {})
+        for model, rounds in used.items():
+            rounds.sort()
+            uses[model] = sorted(set(uses.get(model, ())) | {r for r, _ in rounds})
+            for _, v in rounds[1:]:
+                g.remove_edge(c, v)
+    return g

@@ -11,6 +11,8 @@ Layout::
     RUN_DIR/audit.jsonl     hash-chained audit log (+ audit.head)
     RUN_DIR/certificates/   one JSON certificate per served request
     RUN_DIR/journal/        in-flight erasures (crash recovery)
+    RUN_DIR/owners/CLIENT/  what a client keeps itself (horizontal: its own update log for
+                            approximate removal), never read by the server or the store
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from unlearning.lineage import Lineage, round_node
 from unlearning.store import Checkpoint, CheckpointStore, Retention, atomic_write, sha256
 
 RUN_FORMAT = "vfl-unlearning-run/1"
+# run.json fields that record what happened, not how to train (not part of an adapter's key)
+_BOOKKEEPING = ("published", "train_seconds", "model_seconds")
 
 
 class RunDir:
@@ -53,11 +57,17 @@ class RunDir:
         self.lineage = Lineage.load(self.lineage_path)
         self.cert_dir = self.path / "certificates"
         self.journal_dir = self.path / "journal"
+        self._aligned: list[str] | None = None
+        self._adapters: dict[tuple, object] = {}
+        self._pool = None  # set-up trainers kept between requests (adapters with a `pool`)
 
     # -- manifest pieces -------------------------------------------------------------------
     @property
     def aligned(self) -> list[str]:
-        return json.loads((self.path / "aligned.json").read_text())
+        # written once, before the run directory exists as one (train_run)
+        if self._aligned is None:
+            self._aligned = json.loads((self.path / "aligned.json").read_text())
+        return list(self._aligned)
 
     def erased(self) -> dict[str, str]:
         p = self.path / "erased.json"
@@ -74,9 +84,37 @@ class RunDir:
         atomic_write(self.path / "run.json", json.dumps(self.spec, indent=1), fsync=self.fsync)
 
     def adapter(self, extra_erased=()):
-        return ADAPTERS[self.spec["mode"]](
-            self.spec, self.aligned, set(self.erased()) | set(extra_erased)
-        )
+        """The run's adapter minus every erased patient (and ``extra_erased``).
+
+        Adapters that declare themselves ``cacheable`` (immutable once built) are kept per
+        erased set and training manifest, so the steps of one request, and the next
+        request, share one instead of re-filtering every party's table. Adapters with a
+        ``pool`` attribute get this run directory's pool of set-up trainers
+        (:class:`unlearning.vertical.TrainerPool`): trainers built through this
+        ``RunDir`` are reused by later requests served through it, never by another
+        ``RunDir`` of the same folder."""
+        cls = ADAPTERS[self.spec["mode"]]
+        erased = set(self.erased()) | set(extra_erased)
+        if not getattr(cls, "cacheable", False):
+            return self._pooled(cls(self.spec, self.aligned, erased))
+        manifest = {k: v for k, v in self.spec.items() if k not in _BOOKKEEPING}
+        key = (json.dumps(manifest, sort_keys=True), tuple(sorted(erased)))
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            adapter = self._pooled(cls(self.spec, self.aligned, erased))
+            if len(self._adapters) >= 4:
+                self._adapters.pop(next(iter(self._adapters)))
+            self._adapters[key] = adapter
+        return adapter
+
+    def _pooled(self, adapter):
+        if hasattr(adapter, "pool"):
+            if self._pool is None:
+                from unlearning.vertical import TrainerPool
+
+                self._pool = TrainerPool()
+            adapter.pool = self._pool
+        return adapter
 
     def retention(self, trainer) -> Retention:
         r = self.spec.get("retention") or {}
@@ -126,6 +164,20 @@ class RunDir:
         return problems
 
 
+class CheckpointSink:
+    """The ``on_checkpoint`` callback :func:`record_model` hands an adapter's ``fit``: call it
+    with a :class:`Checkpoint` after every round. ``wants_state(round)`` says which rounds
+    the store will keep; an adapter may hand the other rounds over without party states
+    (round and ``ids_used``, all the lineage needs), which saves copying every party's
+    parameters and optimizer state each round. Adapters that ignore it stay correct."""
+
+    def __init__(self, fn, wants_state):
+        self.fn, self.wants_state = fn, wants_state
+
+    def __call__(self, ckpt: Checkpoint) -> None:
+        self.fn(ckpt)
+
+
 def record_model(run: RunDir, lineage: Lineage, index: dict, adapter, model: str, trainer,
                  resume: Checkpoint | None, log_each: bool) -> list[dict]:
     """Fit ``model`` (from ``resume`` or from scratch), writing retained checkpoints into
@@ -144,6 +196,9 @@ def record_model(run: RunDir, lineage: Lineage, index: dict, adapter, model: str
     def on_checkpoint(ckpt: Checkpoint) -> None:
         lineage.add_round(model, ckpt.round, ckpt.ids_used)
         if keep.keep(ckpt.round, last):
+            if not ckpt.states:
+                raise RuntimeError(f"round {ckpt.round} of {model} is retained but the "
+                                   "trainer handed over no party states")
             entry = run.store.write(ckpt, index)
             lineage.add_checkpoint(model, ckpt.round, entry["digest"])
             item = {"model": model, "round": ckpt.round, "digest": entry["digest"]}
@@ -152,8 +207,18 @@ def record_model(run: RunDir, lineage: Lineage, index: dict, adapter, model: str
                 run.store.flush(index)
                 run.audit.append("checkpoint", **item, parties=entry["parties"])
 
-    adapter.fit(model, trainer, on_checkpoint, resume)
+    # blob files are written while the next rounds train; all on disk when the block ends
+    with run.store.write_behind():
+        adapter.fit(model, trainer,
+                    CheckpointSink(on_checkpoint, lambda r: keep.keep(r, last)), resume)
     index["models"].setdefault(model, {"rounds": {}})["final_round"] = last
+    # What the parties keep themselves, outside the store (horizontal: each client's own
+    # update log, for approximate removal), follows the model it came from. A replay
+    # rewrites it before the commit point; a crashed erasure is always served to the end
+    # (ErasureService.recover), so it ends equal to the committed model's.
+    keep_owned = getattr(adapter, "keep_owner_records", None)
+    if keep_owned is not None:
+        keep_owned(run, model, trainer, first)
     return written
 
 

@@ -13,6 +13,12 @@ Reading a blob checks its hash (:class:`CheckpointCorruptedError`).
 
 The store is trainer-agnostic: a trainer (vertical or horizontal) hands it a
 :class:`Checkpoint` (model name, round, per-party state trees, per-party ids used).
+
+Inside :meth:`CheckpointStore.write_behind` (a replay or a training run), blob files are
+written by one background thread while training goes on; the digests and index entries
+are computed as before, and every write is finished before the block ends, before the
+index is flushed and before any blob is read, listed or collected, so what reaches disk
+and when the index names it are unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +87,8 @@ class CheckpointStore:
         self.fsync = fsync
         self.objects.mkdir(parents=True, exist_ok=True)
         self.index = self._read_index()
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: dict[str, object] = {}  # digest -> Future of its blob write
 
     # -- blobs -----------------------------------------------------------------------------
     def _blob_path(self, digest: str) -> Path:
@@ -87,12 +96,55 @@ class CheckpointStore:
 
     def put_blob(self, data: bytes) -> str:
         digest = sha256(data)
+        if digest in self._pending:
+            return digest
         path = self._blob_path(digest)
         if not path.exists():
-            atomic_write(path, data, fsync=self.fsync)
+            if self._writer is None:
+                atomic_write(path, data, fsync=self.fsync)
+            else:
+                self._pending[digest] = self._writer.submit(
+                    atomic_write, path, data, fsync=self.fsync
+                )
         return digest
 
+    @contextlib.contextmanager
+    def write_behind(self):
+        """Write blob files in a background thread until the block ends (see the module
+        docstring); leaving the block waits for every write and raises the first failure.
+        Nested blocks share the outer one."""
+        if self._writer is not None:
+            yield self
+            return
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-write")
+        try:
+            yield self
+        finally:
+            writer, self._writer = self._writer, None
+            writer.shutdown(wait=True)
+            failed = self._settle()
+        if failed is not None:
+            raise failed
+
+    def _settle(self) -> BaseException | None:
+        """Wait for every pending write; returns the first failure (None if all landed)."""
+        failed = None
+        for future in self._pending.values():
+            exc = future.exception()
+            if exc is not None and failed is None:
+                failed = exc
+        self._pending.clear()
+        return failed
+
+    def drain(self) -> None:
+        """Finish every pending blob write now (raises the first failure)."""
+        if self._pending:
+            failed = self._settle()
+            if failed is not None:
+                raise failed
+
     def get_blob(self, digest: str) -> bytes:
+        self.drain()
         path = self._blob_path(digest)
         if not path.exists():
             raise CheckpointMissingError(
@@ -109,6 +161,7 @@ class CheckpointStore:
         return data
 
     def blob_digests(self) -> set[str]:
+        self.drain()
         return {p.name for p in self.objects.glob("*/*") if not p.name.startswith(".")}
 
     # -- index -----------------------------------------------------------------------------
@@ -118,7 +171,9 @@ class CheckpointStore:
         return json.loads(self.index_path.read_text())
 
     def flush(self, index: dict | None = None) -> str:
-        """Atomically replace index.json (``index`` or the current one); returns its hash."""
+        """Atomically replace index.json (``index`` or the current one); returns its hash.
+        Pending blob writes finish first: the index never names a blob not on disk."""
+        self.drain()
         if index is not None:
             self.index = index
         text = json.dumps(self.index, sort_keys=True, indent=1)
@@ -198,6 +253,7 @@ class CheckpointStore:
 
     def gc(self) -> list[str]:
         """Delete blobs no index entry names (stale or half-written); returns their hashes."""
+        self.drain()
         live = self.referenced()
         gone = []
         for digest in sorted(self.blob_digests() - live):
