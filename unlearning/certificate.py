@@ -1,5 +1,9 @@
 """Erasure certificates: JSON naming the request, rollback point, method, verification
-figures and the audit-log position of the certificate entry; its own SHA-256 is logged."""
+figures and the audit-log position of the certificate entry; its own SHA-256 is logged.
+
+A client removal (method ``approx``) adds ``guarantee`` (what approximate means) and
+``calibration`` (FedEraser's settings and cost); its verification carries the comparison
+with an exact retrain when one was requested."""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ CERT_FORMAT = "vfl-erasure-certificate/1"
 
 def build(request: dict, *, method: str, rollback: dict, models: dict, verification: dict,
           log_position: int, log_prev_hash: str, index_sha256: str, purged: int,
-          seconds: float) -> dict:
-    return {
+          seconds: float, **extra) -> dict:
+    """``extra``: further top-level fields (e.g. ``guarantee``, ``calibration``)."""
+    return extra | {
         "format": CERT_FORMAT,
         "request": request,
         "method": method,

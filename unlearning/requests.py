@@ -8,6 +8,14 @@ recover` rolls a request back to the last consistent state (staged checkpoints t
 never committed are deleted) and then serves it to the end; once the index swap happened it
 rolls forward. Repeated requests return the earlier certificate; unknown patients raise
 :class:`UnknownPatientError` before anything is written.
+
+A :class:`ClientRemovalRequest` (a hospital leaves a horizontal federation) goes through the
+same steps and journal with ``method="approx"``: located (every row of the client), data
+deleted at the client (its rows and its own update log), model unlearned by FedEraser-style
+calibrated replay from the remaining clients' update logs (:mod:`unlearning.methods.
+approximate`), committed, purged (every checkpoint of the model is replaced by the one
+unlearned checkpoint), verified (against an exact retrain without the client when
+``retrain=True``) and certified (``"guarantee": "approximate"`` plus the calibration).
 """
 
 from __future__ import annotations
@@ -19,16 +27,29 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from unlearning import certificate as certs
-from unlearning.errors import ErasureInterrupted, MethodUnavailableError, UnknownPatientError
+from unlearning.errors import (
+    ErasureInterrupted,
+    MethodUnavailableError,
+    UnknownPatientError,
+    UnlearningError,
+)
 from unlearning.lineage import Lineage
-from unlearning.methods import exact
+from unlearning.methods import approximate, exact
 from unlearning.methods.sisa import is_sisa
 from unlearning.run import RunDir, publish
 from unlearning.store import atomic_write, sha256
-from unlearning.verification import checkpoints_free_of, figures
+from unlearning.verification import accuracy, auc, checkpoints_free_of, figures
 
 METHODS = ("exact", "sisa", "approx")
+PATIENT_METHODS = ("exact", "sisa")
+APPROX_GUARANTEE = (
+    "approximate: FedEraser-style calibrated replay from the remaining clients' stored "
+    "updates; the client's rows and update log are deleted and no checkpoint it influenced "
+    "is kept, but the model is not equal to a retrain without it (see verification)"
+)
 STEPS = ("received", "located", "data_deleted", "unlearned", "committed", "purged",
          "verified", "certified")
 
@@ -51,9 +72,16 @@ class ErasureRequest:
         self.patients = tuple(sorted({str(p) for p in self.patients}))
         if not self.patients:
             raise UnknownPatientError("an erasure request must name at least one patient id")
+        if self.method == "approx":
+            raise MethodUnavailableError(
+                "approximate unlearning (method 'approx') removes a whole client (a hospital "
+                "leaving a horizontal federation), not single patients: use method 'exact' "
+                "or 'sisa' (--method exact|sisa) for patient ids, or remove the client "
+                "(`vfl erase --client NAME --method approx`; ClientRemovalRequest)"
+            )
         if self.method not in METHODS:
             raise MethodUnavailableError(
-                f"unknown unlearning method {self.method!r}; choose one of {METHODS}"
+                f"unknown unlearning method {self.method!r}; choose one of {PATIENT_METHODS}"
             )
 
     @property
@@ -63,6 +91,49 @@ class ErasureRequest:
 
     def to_json(self) -> dict:
         return asdict(self) | {"patients": list(self.patients), "request_id": self.request_id}
+
+
+class UnknownClientError(UnlearningError):
+    """The client named by a removal request is not (or no longer) in the run."""
+
+
+@dataclass
+class ClientRemovalRequest:
+    """A whole client (hospital) leaves a horizontal federation; served approximately.
+
+    ``every``, ``calibration_fraction`` and ``between`` are FedEraser's calibration settings
+    (:func:`unlearning.methods.approximate.calibrated_replay`). The request id depends on
+    the client and method only, so repeating a removal returns the earlier certificate."""
+
+    client: str
+    reason: str = "a client leaves the federation"
+    time: str = field(default_factory=_now)
+    method: str = "approx"
+    every: int = 2
+    calibration_fraction: float = 0.5
+    between: str = "reuse"
+
+    def __post_init__(self):
+        if not isinstance(self.client, str) or not self.client:
+            raise UnknownClientError("a client removal must name the client (e.g. hospital_2)")
+        if self.method != "approx":
+            raise MethodUnavailableError(
+                f"a whole client is removed approximately (method 'approx'), not {self.method!r};"
+                " to remove it exactly, erase its patients (method 'exact'), which equals a "
+                "retrain without them"
+            )
+        if self.every < 1 or not 0.0 < self.calibration_fraction <= 1.0 or self.between not in (
+                "reuse", "skip"):
+            raise ValueError("calibration settings: every >= 1, calibration_fraction in (0, 1]"
+                             ", between 'reuse' or 'skip'")
+
+    @property
+    def request_id(self) -> str:
+        key = json.dumps({"client": self.client, "method": self.method})
+        return "cr-" + sha256(key.encode())[:16]
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"kind": "client_removal", "request_id": self.request_id}
 
 
 class ErasureService:
@@ -98,7 +169,9 @@ class ErasureService:
             )
 
     # -- public API ------------------------------------------------------------------------
-    def submit(self, request: ErasureRequest) -> dict:
+    def submit(self, request: ErasureRequest | ClientRemovalRequest) -> dict:
+        if isinstance(request, ClientRemovalRequest):
+            return self._submit_client_removal(request)
         run = self.run
         rid = request.request_id
         if self._journal_path(rid).exists():
@@ -121,11 +194,6 @@ class ErasureService:
                 "this run was not trained with SISA shards/slices; use --method exact, or "
                 "train a SISA run (scenarios.erasure_request does)"
             )
-        if request.method == "approx":
-            raise MethodUnavailableError(
-                "approximate removal applies to a whole party or client; use "
-                "unlearning.methods.approximate.remove_party (single patients: exact or sisa)"
-            )
         t0 = time.perf_counter()
         self._journal(rid, request=request.to_json(), patients=todo, holders=holders,
                       t0=time.time())
@@ -137,6 +205,8 @@ class ErasureService:
 
     def submit_many(self, requests: list[ErasureRequest]) -> dict:
         """Serve requests of one method together (one replay per influenced model)."""
+        if any(isinstance(r, ClientRemovalRequest) for r in requests):
+            raise MethodUnavailableError("submit client removals one at a time with submit()")
         methods = {r.method for r in requests}
         if len(methods) != 1:
             raise MethodUnavailableError("a batch must use one method")
@@ -185,58 +255,71 @@ class ErasureService:
         return self._serve(rid, time.perf_counter(), committed=committed)
 
     def _serve(self, rid: str, t0: float, committed: bool = False) -> dict:
+        if not committed:
+            j = json.loads(self._journal_path(rid).read_text())
+            if j.get("kind") == "client_removal":
+                self._unlearn_client(rid, j, t0)
+            else:
+                self._unlearn_patients(rid, j, t0)
+        return self._finish(rid)
+
+    def _unlearn_patients(self, rid: str, j: dict, t0: float) -> None:
+        """located -> data deleted -> unlearned (exact replay) -> the index swap."""
         run = self.run
-        j = json.loads(self._journal_path(rid).read_text())
         request, pids = j["request"], j["patients"]
         method = request["method"]
         staged_path = run.path / "lineage.staged.json"
-        if not committed:
-            # located
-            models = run.adapter().models()
-            location = exact.plan(run.lineage, pids, models)
-            influenced = run.lineage.influenced(pids)
-            run.audit.append(
-                "erasure.located", request_id=rid, holders=j["holders"],
-                models={m: {"first_influence": v["first_influence"], "rollback": v["rollback"]}
-                        for m, v in location.items()},
-                rounds={m: len(r) for m, r in influenced["rounds"].items()},
-                checkpoints={m: len(r) for m, r in influenced["checkpoints"].items()},
-                published=influenced["models"],
-            )
-            self._journal(rid, location=location)
-            self._done(rid, "located", {"models": {m: v["rollback"] for m, v in
-                                                   location.items()}})
-            # data deleted at every holder (the deletion registry the loaders honour)
-            run.record_erased(pids, rid)
-            parties = sorted({h for hs in j["holders"].values() for h in hs})
-            run.audit.append("erasure.data_deleted", request_id=rid, parties=parties,
-                             patients=len(pids))
-            self._done(rid, "data_deleted", {"parties": parties})
-            # model unlearned into a staged index and lineage
-            adapter = run.adapter()
-            index = run.store.staged()
-            lineage = Lineage(run.lineage.g.copy())
-            result = exact.replay(run, adapter, lineage, index, location)
-            lineage.remove_patient(pids, rid)
-            pub = publish(run, lineage, index, adapter) if result else run.spec.get("published")
-            lineage.save(staged_path, fsync=run.fsync)
-            if run.fsync:
-                os.sync()  # staged checkpoint objects are durable before the commit point
-            summary = {m: {k: v for k, v in r.items() if k != "trainer"}
-                       for m, r in result.items()}
-            staged_sha = sha256(json.dumps(index, sort_keys=True, indent=1).encode())
-            self._journal(rid, unlearned=summary, published=pub, staged_index_sha256=staged_sha,
-                          unlearn_seconds=time.perf_counter() - t0)
-            run.audit.append(
-                "erasure.unlearned", request_id=rid, method=method,
-                models={m: {k: s[k] for k in ("rollback", "rounds_replayed", "rounds_total",
-                                              "seconds")} for m, s in summary.items()},
-            )
-            self._done(rid, "unlearned", {m: s["rounds_replayed"] for m, s in summary.items()})
-            # commit: the atomic index swap is the commit point
-            run.store.flush(index)
-            j = self._journal(rid)
+        # located
+        models = run.adapter().models()
+        location = exact.plan(run.lineage, pids, models)
+        influenced = run.lineage.influenced(pids)
+        run.audit.append(
+            "erasure.located", request_id=rid, holders=j["holders"],
+            models={m: {"first_influence": v["first_influence"], "rollback": v["rollback"]}
+                    for m, v in location.items()},
+            rounds={m: len(r) for m, r in influenced["rounds"].items()},
+            checkpoints={m: len(r) for m, r in influenced["checkpoints"].items()},
+            published=influenced["models"],
+        )
+        self._journal(rid, location=location)
+        self._done(rid, "located", {"models": {m: v["rollback"] for m, v in
+                                               location.items()}})
+        # data deleted at every holder (the deletion registry the loaders honour)
+        run.record_erased(pids, rid)
+        parties = sorted({h for hs in j["holders"].values() for h in hs})
+        run.audit.append("erasure.data_deleted", request_id=rid, parties=parties,
+                         patients=len(pids))
+        self._done(rid, "data_deleted", {"parties": parties})
+        # model unlearned into a staged index and lineage
+        adapter = run.adapter()
+        index = run.store.staged()
+        lineage = Lineage(run.lineage.g.copy())
+        result = exact.replay(run, adapter, lineage, index, location)
+        lineage.remove_patient(pids, rid)
+        pub = publish(run, lineage, index, adapter) if result else run.spec.get("published")
+        lineage.save(staged_path, fsync=run.fsync)
+        if run.fsync:
+            os.sync()  # staged checkpoint objects are durable before the commit point
+        summary = {m: {k: v for k, v in r.items() if k != "trainer"}
+                   for m, r in result.items()}
+        staged_sha = sha256(json.dumps(index, sort_keys=True, indent=1).encode())
+        self._journal(rid, unlearned=summary, published=pub, staged_index_sha256=staged_sha,
+                      unlearn_seconds=time.perf_counter() - t0)
+        run.audit.append(
+            "erasure.unlearned", request_id=rid, method=method,
+            models={m: {k: s[k] for k in ("rollback", "rounds_replayed", "rounds_total",
+                                          "seconds")} for m, s in summary.items()},
+        )
+        self._done(rid, "unlearned", {m: s["rounds_replayed"] for m, s in summary.items()})
+        # commit: the atomic index swap is the commit point
+        run.store.flush(index)
+
+    def _finish(self, rid: str) -> dict:
+        """committed -> purged -> verified -> certified (both kinds of request)."""
+        run = self.run
         j = json.loads(self._journal_path(rid).read_text())
+        request, pids = j["request"], j["patients"]
+        staged_path = run.path / "lineage.staged.json"
         if staged_path.exists():
             os.replace(staged_path, run.lineage_path)
         run.lineage = Lineage.load(run.lineage_path)
@@ -260,9 +343,12 @@ class ErasureService:
                          **{k: v for k, v in verification.items() if not isinstance(v, list)})
         self._done(rid, "verified", verification)
         # certificate
+        extra = {}
+        if j.get("kind") == "client_removal":
+            extra = {"guarantee": APPROX_GUARANTEE, "calibration": j["calibration"]}
         cert = certs.build(
             request,
-            method=method,
+            method=request["method"],
             rollback={m: s["rollback"] for m, s in j["unlearned"].items()},
             models={m: {k: s[k] for k in ("rounds_replayed", "rounds_total", "seconds")}
                     for m, s in j["unlearned"].items()},
@@ -272,12 +358,162 @@ class ErasureService:
             index_sha256=run.store.index_digest(),
             purged=len(gone),
             seconds=float(j.get("unlearn_seconds", 0.0)),
+            **extra,
         )
         digest = certs.write(run.cert_dir / f"{rid}.json", cert, fsync=run.fsync)
         run.audit.append("erasure.certificate", request_id=rid, certificate_sha256=digest)
         self._journal_path(rid).unlink()
         self.on_step("certified", {"certificate": str(run.cert_dir / f"{rid}.json")})
         return cert
+
+    # -- a whole client leaves (approximate) -------------------------------------------------
+    def _submit_client_removal(self, request: ClientRemovalRequest) -> dict:
+        run = self.run
+        rid = request.request_id
+        if self._journal_path(rid).exists():
+            return self._resume(rid)
+        earlier = run.certificate(rid)
+        if earlier is not None:
+            return earlier
+        pids = self._check_client_removal(request)
+        t0 = time.perf_counter()
+        self._journal(rid, kind="client_removal", request=request.to_json(),
+                      client=request.client, patients=pids,
+                      holders={request.client: len(pids)}, t0=time.time())
+        run.audit.append("erasure.received", request_id=rid, client=request.client,
+                         patients=len(pids), reason=request.reason, time=request.time,
+                         method=request.method)
+        self._done(rid, "received", {"request_id": rid, "client": request.client,
+                                     "patients": len(pids)})
+        return self._serve(rid, t0)
+
+    def _check_client_removal(self, request: ClientRemovalRequest) -> list[str]:
+        """Everything that can refuse the request, before anything is written; returns the
+        client's ids not erased yet (all of its rows leave with it)."""
+        run, client = self.run, request.client
+        mode = run.spec["mode"]
+        if mode != "horizontal":
+            raise MethodUnavailableError(
+                f"approximate removal of a whole client applies to horizontal (FedAvg) runs; "
+                f"this is a {mode} run. A party leaving a vertical federation takes a feature "
+                "block with it: retrain without that party, or erase patients exactly "
+                "(--patient ID --method exact)"
+            )
+        if is_sisa(run.spec):
+            raise MethodUnavailableError(
+                "this horizontal run was trained with SISA shards/slices, whose clients keep "
+                "no update logs; remove the client exactly by erasing its patients (--method "
+                "sisa), which retrains only their shards"
+            )
+        adapter = run.adapter()
+        approximate.check_supported(adapter.config)
+        if client not in adapter.full_tables:
+            raise UnknownClientError(
+                f"no client named {client!r} in this run; its clients are "
+                f"{sorted(adapter.full_tables)} (nothing was changed)"
+            )
+        erased = run.erased()
+        pids = [str(i) for i in adapter.full_tables[client].ids if str(i) not in erased]
+        if not pids:
+            by = sorted({erased[str(i)] for i in adapter.full_tables[client].ids})
+            raise UnknownClientError(
+                f"client {client!r} holds no rows in this run any more (erased by {by}); "
+                "there is nothing left to remove (nothing was changed)"
+            )
+        remaining = [n for n in adapter.model_tables("main") if n != client]
+        if not remaining:
+            raise MethodUnavailableError(
+                f"removing {client!r} would leave no client with training rows; retire the "
+                "run instead"
+            )
+        missing = [n for n in remaining if not approximate.update_log_path(
+            run.path, n, "main").exists()]
+        if not adapter.update_logs or missing:
+            raise MethodUnavailableError(
+                "approximate removal replays the remaining clients' own update logs, and this "
+                f"run keeps none for {missing or remaining} (train it with "
+                "client_update_logs=True, the default of horizontal_spec); or remove the "
+                "client exactly by erasing its patients (--method exact)"
+            )
+        return pids
+
+    def _unlearn_client(self, rid: str, j: dict, t0: float) -> None:
+        """located -> data deleted at the client -> unlearned (calibrated replay) -> the
+        index swap, in which the unlearned checkpoint replaces every checkpoint of the
+        model (all of them were influenced by the client)."""
+        run, client, pids, request = self.run, j["client"], j["patients"], j["request"]
+        model = "main"
+        # located; the original model's figures are kept for the report (once: after the
+        # data deletion an interrupted request can no longer rebuild the original scaler)
+        influenced = run.lineage.influenced(pids)
+        original = j.get("original") or self._original_figures(model, set(pids))
+        run.audit.append(
+            "erasure.located", request_id=rid, client=client, holders={client: len(pids)},
+            models={model: {"first_influence": -1, "rollback": None}},
+            rounds={m: len(r) for m, r in influenced["rounds"].items()},
+            checkpoints={m: len(r) for m, r in influenced["checkpoints"].items()},
+            published=influenced["models"],
+        )
+        self._journal(rid, original=original)
+        self._done(rid, "located", {"models": {model: None}, "client": client})
+        # data deleted at the client: its rows and the update log it kept itself
+        run.record_erased(pids, rid)
+        approximate.delete_update_log(run.path, client, model)
+        run.audit.append("erasure.data_deleted", request_id=rid, parties=[client],
+                         patients=len(pids), update_log_deleted=True)
+        self._done(rid, "data_deleted", {"parties": [client]})
+        # model unlearned: the remaining federation, set up again (its scaler no longer has
+        # the client's moments), rebuilds the global model from the owners' logs
+        adapter = run.adapter()
+        trainer = adapter.trainer(model)
+        trainer.setup()
+        logs = adapter.load_owner_logs(run, model, trainer.members, trainer.n_params)
+        out = approximate.calibrated_replay(
+            trainer, logs, every=request["every"],
+            calibration_fraction=request["calibration_fraction"], between=request["between"])
+        calibration = out["settings"] | {
+            "calibration_rounds": out["calibration_rounds"], "rounds_used": out["rounds"],
+            "local_steps": out["local_steps"], "seconds": out["seconds"],
+            "start": "the initial model (round 0)", "remaining_clients": list(trainer.members),
+            "update_log_bytes": {n: logs[n].nbytes for n in sorted(logs)},
+            "update_logs_at": "each remaining client (RUN_DIR/owners/CLIENT), never the server",
+            "scaler": "pooled over the remaining clients (refitted at setup)",
+        }
+        ckpt = adapter.checkpoint_with_global(model, trainer, out["params"],
+                                              {"approximate": True, "request_id": rid})
+        index, lineage = run.store.staged(), Lineage(run.lineage.g.copy())
+        written = _replace_checkpoints(run, lineage, index, ckpt)
+        lineage.remove_patient(pids, rid)
+        pub = publish(run, lineage, index, adapter)
+        lineage.save(run.path / "lineage.staged.json", fsync=run.fsync)
+        if run.fsync:
+            os.sync()  # the staged checkpoint is durable before the commit point
+        summary = {model: {"rollback": None, "rounds_replayed": out["rounds"],
+                           "rounds_total": trainer.n_rounds, "checkpoints": written,
+                           "seconds": out["seconds"]}}
+        staged_sha = sha256(json.dumps(index, sort_keys=True, indent=1).encode())
+        self._journal(rid, unlearned=summary, published=pub, staged_index_sha256=staged_sha,
+                      unlearn_seconds=time.perf_counter() - t0, calibration=calibration)
+        run.audit.append("erasure.unlearned", request_id=rid, method="approx",
+                         models={model: {k: v for k, v in summary[model].items()
+                                         if k != "checkpoints"}},
+                         calibration={k: v for k, v in calibration.items()
+                                      if not isinstance(v, dict | list)})
+        self._done(rid, "unlearned", {model: out["rounds"],
+                                      "calibration_rounds": out["calibration_rounds"]})
+        run.store.flush(index)  # the commit point
+
+    def _original_figures(self, model: str, leaving: set[str]) -> dict:
+        """Test AUC/accuracy (on the remaining clients' held-out rows) and parameters of the
+        model before the removal."""
+        run = self.run
+        adapter = run.adapter()
+        trainer = adapter.trainer(model)
+        adapter.load(model, trainer, run.store.load(
+            model, run.store.index["models"][model]["final_round"]))
+        test = [i for i in adapter.split_ids()["test"] if i not in leaving]
+        return _test_figures(adapter, {model: trainer}, test) | {
+            "params": trainer.global_params().astype(float).tolist()}
 
     def _verify(self, pids, j) -> dict:
         run = self.run
@@ -299,5 +535,59 @@ class ErasureService:
         attacked = sorted(set(pids) | set(run.erased()))
         out = figures(adapter, trainers, attacked, seed=self.verify_seed, retrain=retrain,
                       seconds=float(j.get("unlearn_seconds", 0.0)))
-        return out | {"mia_rows": "every row erased from this run so far",
-                      "request_training_rows": len(adapter.training_ids(pids))}
+        out |= {"mia_rows": "every row erased from this run so far",
+                "request_training_rows": len(adapter.training_ids(pids))}
+        if j.get("kind") == "client_removal":
+            out |= _against_retrain(adapter, trainers, retrain, j)
+        return out
+
+
+def _replace_checkpoints(run: RunDir, lineage: Lineage, index: dict, ckpt) -> list[dict]:
+    """Stage ``ckpt`` as the model's only checkpoint (every earlier one is dropped from the
+    index and the lineage; the purge step deletes their objects)."""
+    model = ckpt.model
+    run.store.drop_rounds(model, run.store.rounds(model, index), index)
+    lineage.g.remove_nodes_from([n for n, a in lineage.g.nodes(data=True)
+                                 if a.get("kind") == "checkpoint" and a.get("model") == model])
+    entry = run.store.write(ckpt, index)
+    lineage.add_checkpoint(model, ckpt.round, entry["digest"])
+    index["models"][model]["final_round"] = ckpt.round
+    return [{"model": model, "round": ckpt.round, "digest": entry["digest"]}]
+
+
+def _test_figures(adapter, trainers: dict, test: list[str]) -> dict:
+    scores = adapter.scores(trainers, test).reshape(len(test), -1)[:, -1]
+    y = adapter.labels(test)
+    return {"test_auc": auc(scores[y == 1], scores[y == 0]),
+            "test_accuracy": accuracy(scores, y)}
+
+
+def _against_retrain(adapter, trainers: dict, retrain: dict | None, j: dict) -> dict:
+    """A client removal against the model before it and (if run) an exact retrain without
+    the client: accuracy/AUC, parameter distance (L2) and time."""
+    original = j["original"]
+    out = {"auc_original": original["test_auc"],
+           "accuracy_original": original["test_accuracy"]}
+    if retrain is None:
+        return out | {"retrain": "not run (pass retrain=True / --retrain for the comparison)"}
+    test = adapter.split_ids()["test"]
+    rt = retrain["trainers"]
+    ref = _test_figures(adapter, rt, test)
+    mine = _test_figures(adapter, trainers, test)
+    w_u, w_r = trainers["main"].global_params(), rt["main"].global_params()
+    w_o = np.asarray(original["params"], np.float32)
+    seconds = float(j.get("unlearn_seconds", 0.0))
+    return out | {
+        "auc_retrain": ref["test_auc"],
+        "accuracy_retrain": ref["test_accuracy"],
+        "accuracy_diff_vs_retrain": mine["test_accuracy"] - ref["test_accuracy"],
+        "param_distance_vs_retrain": float(np.linalg.norm(w_u - w_r)),
+        "original_param_distance_vs_retrain": float(np.linalg.norm(w_o - w_r)),
+        "local_steps_unlearn": j["calibration"]["local_steps"],
+        "local_steps_retrain": approximate.local_steps(rt["main"]),
+        # whole request up to "unlearned" (setup, the replay, the checkpoint) vs retrain;
+        # the replay alone is calibration.seconds. Wall times include any XLA compilation
+        # for shapes the process has not seen yet; local steps are the portable cost.
+        "speedup_vs_retrain": retrain["seconds"] / seconds if seconds > 0 else None,
+        "calibration_seconds": j["calibration"]["seconds"],
+    }

@@ -1,5 +1,6 @@
 """The ``vfl`` command: ``vfl list``, ``vfl run NAME [flags]`` and the unlearning commands
-``vfl erase --run RUN_DIR --patient ID``, ``vfl audit verify RUN_DIR`` and
+``vfl erase --run RUN_DIR --patient ID`` (or ``--client NAME --method approx``: a hospital
+leaves a horizontal federation), ``vfl audit verify RUN_DIR`` and
 ``vfl lineage RUN_DIR --patient ID`` (run directories written by the scenarios).
 
 Scenarios live in the top-level ``scenarios`` package and are found by name at run time,
@@ -49,12 +50,21 @@ def main(argv=None) -> int:
     run.add_argument("name", nargs="?")
     run.add_argument("rest", nargs=argparse.REMAINDER)
     run.add_argument("-h", "--help", action="store_true")
-    erase = sub.add_parser("erase", help="serve an erasure request on a run directory")
+    erase = sub.add_parser(
+        "erase", help="serve an erasure request (patients) or a client removal on a run",
+        description="Erase patients (--patient, exact or sisa) or remove a whole client of a "
+        "horizontal run approximately (--client NAME --method approx).")
     erase.add_argument("--run", required=True, type=Path, help="run directory (RUN_DIR)")
-    erase.add_argument("--patient", required=True, action="append",
-                       help="pseudonymous patient id (repeat for a batch)")
-    erase.add_argument("--method", default="exact", choices=["exact", "sisa", "approx"])
-    erase.add_argument("--reason", default="erasure request (GDPR art. 17)")
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--patient", action="append",
+                     help="pseudonymous patient id (repeat for a batch)")
+    who.add_argument("--client", help="a client (hospital) leaving a horizontal federation")
+    erase.add_argument("--method", default=None, choices=["exact", "sisa", "approx"],
+                       help="exact (default for --patient), sisa, or approx (a whole client; "
+                       "the default for --client)")
+    erase.add_argument("--reason", default=None,
+                       help="recorded in the log and certificate (default: GDPR art. 17 for "
+                       "patients, 'a client leaves the federation' for --client)")
     erase.add_argument("--party", default=None, help="the party that received the request")
     erase.add_argument("--retrain", action="store_true",
                        help="also retrain from scratch and report the agreement")
@@ -130,7 +140,9 @@ def _unlearning_command(args) -> int:
                       f"{run.lineage.last_uninfluenced_checkpoint([pid], model)}")
             print(f"  published models: {', '.join(inf['models']) or 'none'}")
             return 0
-        from unlearning.requests import ErasureRequest, ErasureService
+        from unlearning.requests import ErasureService
+
+        request = _erase_request(args)  # validated before anything is touched
 
         def step(name, info):
             shown = {k: v for k, v in info.items() if not isinstance(v, list | dict)}
@@ -139,8 +151,6 @@ def _unlearning_command(args) -> int:
         service = ErasureService(run, retrain=args.retrain, on_step=step)
         for cert in service.recover():
             print(f"recovered an interrupted erasure: {cert['request']['request_id']}")
-        request = ErasureRequest(tuple(args.patient), party=args.party, reason=args.reason,
-                                 method=args.method)
         cert = service.submit(request)
         print("certificate:")
         print(json.dumps(cert, indent=1, sort_keys=True))
@@ -148,6 +158,21 @@ def _unlearning_command(args) -> int:
     except UnlearningError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _erase_request(args):
+    """The request ``vfl erase`` names: patients (exact/sisa) or a whole client (approx)."""
+    from unlearning.errors import UnlearningError
+    from unlearning.requests import ClientRemovalRequest, ErasureRequest
+
+    reason = {} if args.reason is None else {"reason": args.reason}
+    if args.client is None:
+        return ErasureRequest(tuple(args.patient), party=args.party,
+                              method=args.method or "exact", **reason)
+    if args.party is not None:
+        raise UnlearningError("--party names who received a patient's request; a client "
+                              "removal names the leaving client with --client only")
+    return ClientRemovalRequest(args.client, method=args.method or "approx", **reason)
 
 
 if __name__ == "__main__":

@@ -21,20 +21,33 @@ Exact removal of a client is a retrain without it. FedEraser trades exactness fo
 
 Scope: plain FedAvg (``algorithm="fedavg"``, ``server_optimizer="fedavg"``, ``aggregator=
 "mean"``, no compression, no personalization); other settings raise
-:class:`~unlearning.errors.MethodUnavailableError`. The pooled scaler fitted at setup (which
-includes the leaving client's moments) is kept; the removal is therefore approximate in the
-scaler too. It is not wired into :class:`~unlearning.requests.ErasureService` (which serves
-patients; ``--method approx`` there points here): call :func:`remove_client` directly, and
-:func:`compare_with_retrain` for the report against an exact retrain.
+:class:`~unlearning.errors.MethodUnavailableError`. :func:`remove_client` keeps the pooled
+scaler fitted at setup (which includes the leaving client's moments), so it is approximate in
+the scaler too; :func:`compare_with_retrain` reports it against an exact retrain.
+
+In a run directory. A horizontal run made by :func:`unlearning.run.train_run` (with
+``client_update_logs``, the default of :func:`unlearning.horizontal.horizontal_spec`) keeps
+each client's log at that client: ``RUN_DIR/owners/CLIENT/update-log-MODEL.msgpack``
+(:func:`update_log_path`; flax msgpack, never pickle), standing for the hospital's own
+storage; the checkpoint store and the server never hold one client's update. An exact replay
+rewrites the logs with the replayed updates (a log is influenced by every patient the model
+was). :class:`~unlearning.requests.ClientRemovalRequest` (``vfl erase --client NAME --method
+approx``) serves a removal there: the leaving client deletes its rows and its log, the
+federation of the remaining clients is set up again (so the scaler no longer has the leaving
+client's moments) and :func:`calibrated_replay` rebuilds the global model from the remaining
+owners' logs; the result replaces every stored checkpoint of the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from flax import serialization
 
 from horizontal.client import HospitalClient
 from horizontal.compression import decode
@@ -44,8 +57,11 @@ from horizontal.schedule import local_batches
 from horizontal.simulation import LocalJob
 from horizontal.strategies import weighted_mean
 from horizontal.trainer import FederatedTrainer
-from unlearning.errors import MethodUnavailableError
+from unlearning.errors import MethodUnavailableError, RunDirError
+from unlearning.store import atomic_write
 from unlearning.verification import auc
+
+OWNERS_DIR = "owners"  # RUN_DIR/owners/CLIENT/: what a client keeps itself, not the server
 
 
 @dataclass
@@ -107,7 +123,7 @@ def train_with_logs(tables, config: FedConfig, **kw) -> FederatedTrainer:
     return trainer
 
 
-def _check(config: FedConfig) -> None:
+def check_supported(config: FedConfig) -> None:
     need = {"algorithm": "fedavg", "server_optimizer": "fedavg", "aggregator": "mean",
             "compression": "none", "personalization": "none"}
     bad = {k: getattr(config, k) for k, v in need.items() if getattr(config, k) != v}
@@ -118,26 +134,44 @@ def _check(config: FedConfig) -> None:
         )
 
 
+_check = check_supported  # the earlier private name
+
+
 def remove_client(trainer: FederatedTrainer, leaving: str, *, every: int = 2,
                   calibration_fraction: float = 0.5, between: str = "reuse") -> dict:
     """FedEraser: the global model rebuilt without ``leaving`` (see the module docstring).
 
     Returns ``{"params", "local_steps", "calibration_rounds", "rounds", "seconds"}``;
     ``local_steps`` counts the remaining clients' calibration steps (the only training)."""
-    _check(trainer.config)
+    check_supported(trainer.config)
     if leaving not in trainer.members:
         raise MethodUnavailableError(f"{leaving!r} is not a member of this federation")
-    if between not in ("reuse", "skip"):
-        raise ValueError("between must be 'reuse' or 'skip'")
-    t0 = time.perf_counter()
-    c = trainer.config
     remaining = [n for n in trainer.members if n != leaving]
     logs = {n: trainer.clients[n].update_log for n in remaining}
+    return calibrated_replay(trainer, logs, every=every,
+                             calibration_fraction=calibration_fraction, between=between)
+
+
+def calibrated_replay(trainer: FederatedTrainer, logs: dict[str, ClientUpdateLog], *,
+                      every: int = 2, calibration_fraction: float = 0.5,
+                      between: str = "reuse") -> dict:
+    """Rebuild the global model from the initial one using only ``logs`` (the remaining
+    clients' own update logs); ``trainer.clients[n]`` (a :class:`LoggingClient`, set up)
+    computes client ``n``'s calibration updates on its current rows. ``trainer`` may be the
+    original federation (:func:`remove_client`) or one set up again without the leaving
+    client (a run directory's removal: its scaler no longer has that client's moments)."""
+    check_supported(trainer.config)
+    if between not in ("reuse", "skip"):
+        raise ValueError("between must be 'reuse' or 'skip'")
+    if every < 1 or not 0.0 < calibration_fraction <= 1.0:
+        raise ValueError("every must be >= 1 and calibration_fraction in (0, 1]")
+    t0 = time.perf_counter()
+    c = trainer.config
     w = trainer.server.model.init.astype(np.float32).copy()
     lr = np.float32(c.effective_server_lr)
     steps_done = calibrations = rounds = 0
     for r in range(c.rounds):
-        parts = [n for n in remaining if r in logs[n].updates]
+        parts = [n for n in sorted(logs) if r in logs[n].updates]
         calibrate = r % every == 0
         if not parts or (between == "skip" and not calibrate):
             continue
@@ -157,7 +191,53 @@ def remove_client(trainer: FederatedTrainer, leaving: str, *, every: int = 2,
         w = (w + lr * weighted_mean(np.stack(ups), weights).astype(np.float32)).astype(
             np.float32)
     return {"params": w, "local_steps": steps_done, "calibration_rounds": calibrations,
-            "rounds": rounds, "seconds": time.perf_counter() - t0}
+            "rounds": rounds, "seconds": time.perf_counter() - t0,
+            "settings": {"every": every, "calibration_fraction": calibration_fraction,
+                         "between": between}}
+
+
+# -- the owners' logs in a run directory ---------------------------------------------------
+def update_log_path(run_path: str | Path, client: str, model: str) -> Path:
+    return Path(run_path) / OWNERS_DIR / client / f"update-log-{model}.msgpack"
+
+
+def delete_update_log(run_path: str | Path, client: str, model: str) -> None:
+    """The client deletes its log (it leaves, or its model was replayed without it); its
+    folder goes too once empty."""
+    path = update_log_path(run_path, client, model)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with contextlib.suppress(OSError):  # not empty: the client keeps other models' logs
+        path.parent.rmdir()
+
+
+def save_update_log(path: Path, log: ClientUpdateLog, *, fsync: bool = True) -> None:
+    tree = {"client": log.client,
+            "rounds": {str(r): {"update": log.updates[r], "examples": log.examples[r],
+                                "steps": log.steps[r]} for r in sorted(log.updates)}}
+    atomic_write(path, serialization.msgpack_serialize(tree), fsync=fsync)
+
+
+def load_update_log(path: Path, client: str, size: int | None = None) -> ClientUpdateLog:
+    """Read a client's log; ``size`` (the model's parameter count) is checked per round."""
+    if not path.exists():
+        raise RunDirError(
+            f"client {client!r} keeps no update log at {path}; approximate removal needs every "
+            "remaining client's log (train the run with client_update_logs=True, or serve the "
+            "removal exactly by erasing the client's patients)"
+        )
+    tree = serialization.msgpack_restore(path.read_bytes())
+    log = ClientUpdateLog(client)
+    for r, item in tree.get("rounds", {}).items():
+        update = np.asarray(item["update"], np.float32)
+        if (size is not None and update.shape != (size,)) or not np.isfinite(update).all():
+            raise RunDirError(
+                f"the update log of {client!r} at {path} has a bad round {r} (shape "
+                f"{update.shape}, expected ({size},), or non-finite values); restore it from "
+                "the client's backup"
+            )
+        log.record(int(r), update, int(item["examples"]), int(item["steps"]))
+    return log
 
 
 def pooled_auc(trainer: FederatedTrainer, w: np.ndarray, clients) -> float:
