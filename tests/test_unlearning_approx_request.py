@@ -11,6 +11,7 @@ import pytest
 
 from horizontal import FedConfig
 from horizontal.strategies import weighted_mean
+from tests.unlearning_helpers import copy_run, load_final
 from unlearning import certificate as certs
 from unlearning.audit_log import AuditLog
 from unlearning.errors import ErasureInterrupted, MethodUnavailableError
@@ -42,16 +43,11 @@ def base_run(tmp_path_factory):
 
 @pytest.fixture
 def run(base_run, tmp_path):
-    shutil.copytree(base_run.path, tmp_path / "run")
-    return RunDir(tmp_path / "run")
+    return copy_run(base_run, tmp_path)
 
 
 def _global(run):
-    adapter = run.adapter()
-    t = adapter.trainer("main")
-    adapter.load("main", t, run.store.load("main", run.store.index["models"]["main"]
-                                           ["final_round"]))
-    return t.global_params()
+    return load_final(run)[1].global_params()
 
 
 def _log_digests(run):

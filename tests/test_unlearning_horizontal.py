@@ -1,11 +1,11 @@
 """Unlearning for the horizontal (FedAvg) trainer: exact replay equals a retrain."""
 
-import shutil
 
 import numpy as np
 import pytest
 
 from horizontal import FedConfig
+from tests.unlearning_helpers import copy_run, load_final
 from unlearning.horizontal import HorizontalAdapter, horizontal_spec
 from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
@@ -25,16 +25,11 @@ def base_run(tmp_path_factory):
 
 @pytest.fixture
 def run(base_run, tmp_path):
-    shutil.copytree(base_run.path, tmp_path / "run")
-    return RunDir(tmp_path / "run")
+    return copy_run(base_run, tmp_path)
 
 
 def _final(run):
-    adapter = run.adapter()
-    t = adapter.trainer("main")
-    adapter.load("main", t, run.store.load("main", run.store.index["models"]["main"]
-                                           ["final_round"]))
-    return adapter, t
+    return load_final(run)
 
 
 def test_checkpoint_roundtrip_resume_is_bitwise(run):

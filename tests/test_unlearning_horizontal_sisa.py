@@ -5,12 +5,12 @@ slice) and equals a retrain of that shard from scratch without the patient; the 
 shards' checkpoints are untouched.
 """
 
-import shutil
 
 import numpy as np
 import pytest
 
 from horizontal import FedConfig
+from tests.unlearning_helpers import copy_run
 from unlearning.errors import MethodUnavailableError
 from unlearning.horizontal import HorizontalAdapter, horizontal_spec
 from unlearning.methods.sisa import sisa_spec
@@ -38,8 +38,7 @@ def base_sisa(tmp_path_factory):
 
 @pytest.fixture
 def run(base_sisa, tmp_path):
-    shutil.copytree(base_sisa.path, tmp_path / "run")
-    return RunDir(tmp_path / "run")
+    return copy_run(base_sisa, tmp_path)
 
 
 def _slice(pid):
