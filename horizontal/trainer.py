@@ -79,15 +79,17 @@ class FederatedTrainer:
 
     def __init__(self, tables: dict[str, PartyTable], config: FedConfig, *,
                  mode: str = "vectorized", columns=None, transport=None,
-                 max_chunk_bytes: int = 256 * 2**20, client_factory=None):
+                 max_chunk_bytes: int = 256 * 2**20, client_factory=None,
+                 server_factory=None):
         if not tables:
             raise EmptyRoundError("a federation needs at least one client table")
         self.config = config
         self.transport = transport if transport is not None else InMemoryTransport()
         self.executor = LocalExecutor(mode, max_chunk_bytes=max_chunk_bytes)
-        self.server = FedServer(SERVER)
-        # ``client_factory(name, table, executor)`` lets tests and studies plug in other
-        # client behaviour (e.g. a Byzantine client for the robust aggregators).
+        # ``client_factory(name, table, executor)`` and ``server_factory(name)`` let tests,
+        # studies and the unlearning adapters plug in other behaviour (e.g. a Byzantine
+        # client for the robust aggregators, slices for SISA).
+        self.server = (server_factory or FedServer)(SERVER)
         make = client_factory or HospitalClient
         self.clients = {n: make(n, t, self.executor) for n, t in tables.items()}
         self.transport.register(self.server)

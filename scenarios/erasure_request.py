@@ -268,19 +268,10 @@ label), its log and the entropy. AUC erased - unseen 95% CI [{lo:.3f}, {hi:.3f}]
 
 
 def _test_auc(run: RunDir) -> float:
-    from unlearning.verification import auc
+    from unlearning.verification import heldout_figures
 
-    run = RunDir(run.path)
-    adapter = run.adapter()
-    trainers = {}
-    for m in adapter.models():
-        t = adapter.trainer(m)
-        adapter.load(m, t, run.store.load(m, run.store.index["models"][m]["final_round"]))
-        trainers[m] = t
-    test = adapter.split_ids()["test"]
-    s = np.asarray(adapter.scores(trainers, test)).reshape(len(test), -1)[:, -1]
-    y = adapter.labels(test)
-    return auc(s[y == 1], s[y == 0])
+    adapter, trainers = RunDir(run.path).final_trainers()
+    return heldout_figures(adapter, trainers, adapter.split_ids()["test"])["test_auc"]
 
 
 if __name__ == "__main__":

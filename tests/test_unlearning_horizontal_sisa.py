@@ -6,17 +6,16 @@ shards' checkpoints are untouched.
 """
 
 
-import numpy as np
 import pytest
 
 from horizontal import FedConfig
-from tests.unlearning_helpers import copy_run
+from tests.unlearning_helpers import copy_run, load_final
 from unlearning.errors import MethodUnavailableError
 from unlearning.horizontal import HorizontalAdapter, horizontal_spec
 from unlearning.methods.sisa import sisa_spec
 from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
-from unlearning.verification import auc, max_param_diff
+from unlearning.verification import heldout_figures, max_param_diff
 from unlearning.vertical import shard_of
 from vfl.schedule import SlicePlan
 
@@ -55,11 +54,8 @@ def _digests(run):
 
 
 def _final_state(run, model):
-    adapter = run.adapter()
-    t = adapter.trainer(model)
-    adapter.load(model, t, run.store.load(model, run.store.index["models"][model]
-                                          ["final_round"]))
-    return adapter.final_state(t)
+    adapter, trainer = load_final(run, model)
+    return adapter.final_state(trainer)
 
 
 def _retrain_state(run, model, erased):
@@ -159,16 +155,9 @@ def test_arrival_waves_exact_equals_retrain(tmp_path):
 
 
 def _test_auc(run):
-    adapter = run.adapter()
-    trainers = {}
-    for m in adapter.models():
-        trainers[m] = adapter.trainer(m)
-        adapter.load(m, trainers[m], run.store.load(m, run.store.index["models"][m]
-                                                    ["final_round"]))
-    test = adapter.split_ids()["test"]
-    s = adapter.scores(trainers, test).reshape(len(test), -1)[:, -1]
-    y = adapter.labels(test)
-    return auc(s[y == 1], s[y == 0]), float(np.mean((s >= 0.5) == y))
+    adapter, trainers = run.final_trainers()
+    fig = heldout_figures(adapter, trainers, adapter.split_ids()["test"])
+    return fig["test_auc"], fig["test_accuracy"]
 
 
 @pytest.mark.slow

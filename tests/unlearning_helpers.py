@@ -14,8 +14,5 @@ def copy_run(base: RunDir, dest) -> RunDir:
 
 def load_final(run: RunDir, model: str = "main"):
     """``(adapter, trainer)`` with ``model`` restored from its final stored checkpoint."""
-    adapter = run.adapter()
-    trainer = adapter.trainer(model)
-    final = run.store.index["models"][model]["final_round"]
-    adapter.load(model, trainer, run.store.load(model, final))
-    return adapter, trainer
+    adapter, trainers = run.final_trainers([model])
+    return adapter, trainers[model]

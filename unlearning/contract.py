@@ -76,8 +76,13 @@ class AdapterBase:
     ``aligned`` / ``original_aligned`` ids under its ``config.seed`` and
     ``config.test_fraction``."""
 
+    _id_sets: dict[str, set[str]] | None = None
+
     def holders(self, pid: str) -> list[str]:
-        return sorted(n for n, t in self.full_tables.items() if pid in set(map(str, t.ids)))
+        # the id sets are built once per adapter (its tables never change after __init__)
+        if self._id_sets is None:
+            self._id_sets = {n: set(map(str, t.ids)) for n, t in self.full_tables.items()}
+        return sorted(n for n, ids in self._id_sets.items() if str(pid) in ids)
 
     def scores(self, trainers: dict, ids) -> np.ndarray:
         """Averaged scores of the models (SISA: mean over shards)."""

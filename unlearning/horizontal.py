@@ -58,12 +58,11 @@ from unlearning.contract import AdapterBase, register
 from unlearning.errors import RunDirError
 from unlearning.methods import approximate
 from unlearning.store import Checkpoint
-from unlearning.vertical import shard_of
+from unlearning.vertical import shard_map
 from vfl.messages import Label
 from vfl.parties import PartyState
 from vfl.party import handles
 from vfl.schedule import SlicePlan, ids_digest, split_test
-from vfl.transport import InMemoryTransport
 
 _DATA_CACHE: dict[str, dict] = {}
 
@@ -210,14 +209,6 @@ class SlicedServer(FedServer):
         return super().on_finish(msg)
 
 
-class _ServerSwapTransport(InMemoryTransport):
-    """The in-memory transport, able to put :class:`SlicedServer` in the base server's
-    place (the base trainer registers a plain :class:`FedServer` itself)."""
-
-    def replace(self, handler) -> None:
-        self._handlers[handler.name] = handler
-
-
 class UnlearnableFedTrainer(FederatedTrainer):
     """:class:`FederatedTrainer` plus what the unlearning contract reads: ``n_rounds``,
     ``phase_starts`` and id-keyed predictions (scores of any patient a client held, erased
@@ -234,13 +225,11 @@ class UnlearnableFedTrainer(FederatedTrainer):
                                  "rounds_per_slice")
             kw["client_factory"] = functools.partial(SlicedClient, plan=slices,
                                                      rounds_per_slice=rounds_per_slice)
-            kw["transport"] = _ServerSwapTransport()
+            kw["server_factory"] = SlicedServer
         super().__init__(tables, config, **kw)
         self.n_rounds = config.rounds
         self.phase_starts = [0]
         if slices is not None:
-            self.server = SlicedServer(SERVER)
-            self.transport.replace(self.server)
             self.phase_starts = [k * rounds_per_slice for k in range(slices.slices)]
         self._scoring = scoring_tables if scoring_tables is not None else tables
 
@@ -328,8 +317,8 @@ class HorizontalAdapter(AdapterBase):
                 k = int(model.split("-")[1])
                 share = {}
                 for name, t in self.tables.items():
-                    ids = [i for i in t.ids if shard_of(str(i), self.config.seed,
-                                                        self.shards) == k]
+                    shard = shard_map(map(str, t.ids), self.config.seed, self.shards)
+                    ids = [i for i in t.ids if shard[str(i)] == k]
                     if ids:
                         share[name] = t if len(ids) == t.n_rows else t.rows(ids)
             self._shares[model] = {n: t for n, t in share.items() if self._trains(t)}

@@ -41,7 +41,7 @@ from unlearning.methods import approximate, exact
 from unlearning.methods.sisa import is_sisa
 from unlearning.run import RunDir, publish
 from unlearning.store import atomic_write, sha256
-from unlearning.verification import accuracy, auc, checkpoints_free_of, figures
+from unlearning.verification import checkpoints_free_of, figures, heldout_figures
 
 METHODS = ("exact", "sisa", "approx")
 PATIENT_METHODS = ("exact", "sisa")
@@ -506,24 +506,14 @@ class ErasureService:
     def _original_figures(self, model: str, leaving: set[str]) -> dict:
         """Test AUC/accuracy (on the remaining clients' held-out rows) and parameters of the
         model before the removal."""
-        run = self.run
-        adapter = run.adapter()
-        trainer = adapter.trainer(model)
-        adapter.load(model, trainer, run.store.load(
-            model, run.store.index["models"][model]["final_round"]))
+        adapter, trainers = self.run.final_trainers([model])
         test = [i for i in adapter.split_ids()["test"] if i not in leaving]
-        return _test_figures(adapter, {model: trainer}, test) | {
-            "params": trainer.global_params().astype(float).tolist()}
+        return heldout_figures(adapter, trainers, test) | {
+            "params": trainers[model].global_params().astype(float).tolist()}
 
     def _verify(self, pids, j) -> dict:
         run = self.run
-        adapter = run.adapter()
-        trainers = {}
-        for m in adapter.models():
-            t = adapter.trainer(m)
-            final = run.store.index["models"][m]["final_round"]
-            adapter.load(m, t, run.store.load(m, final))
-            trainers[m] = t
+        adapter, trainers = run.final_trainers()
         retrain = None
         if self.retrain:
             t1 = time.perf_counter()
@@ -555,13 +545,6 @@ def _replace_checkpoints(run: RunDir, lineage: Lineage, index: dict, ckpt) -> li
     return [{"model": model, "round": ckpt.round, "digest": entry["digest"]}]
 
 
-def _test_figures(adapter, trainers: dict, test: list[str]) -> dict:
-    scores = adapter.scores(trainers, test).reshape(len(test), -1)[:, -1]
-    y = adapter.labels(test)
-    return {"test_auc": auc(scores[y == 1], scores[y == 0]),
-            "test_accuracy": accuracy(scores, y)}
-
-
 def _against_retrain(adapter, trainers: dict, retrain: dict | None, j: dict) -> dict:
     """A client removal against the model before it and (if run) an exact retrain without
     the client: accuracy/AUC, parameter distance (L2) and time."""
@@ -572,8 +555,8 @@ def _against_retrain(adapter, trainers: dict, retrain: dict | None, j: dict) -> 
         return out | {"retrain": "not run (pass retrain=True / --retrain for the comparison)"}
     test = adapter.split_ids()["test"]
     rt = retrain["trainers"]
-    ref = _test_figures(adapter, rt, test)
-    mine = _test_figures(adapter, trainers, test)
+    ref = heldout_figures(adapter, rt, test)
+    mine = heldout_figures(adapter, trainers, test)
     w_u, w_r = trainers["main"].global_params(), rt["main"].global_params()
     w_o = np.asarray(original["params"], np.float32)
     seconds = float(j.get("unlearn_seconds", 0.0))

@@ -83,6 +83,17 @@ class RunDir:
     def save_spec(self) -> None:
         atomic_write(self.path / "run.json", json.dumps(self.spec, indent=1), fsync=self.fsync)
 
+    def final_trainers(self, models=None) -> tuple[object, dict]:
+        """``(adapter, {model: trainer})`` with each model (default: all of the run's)
+        restored from its final stored checkpoint: the published, possibly unlearned, state."""
+        adapter = self.adapter()
+        trainers = {}
+        for model in adapter.models() if models is None else models:
+            trainers[model] = adapter.trainer(model)
+            final = self.store.index["models"][model]["final_round"]
+            adapter.load(model, trainers[model], self.store.load(model, final))
+        return adapter, trainers
+
     def adapter(self, extra_erased=()):
         """The run's adapter minus every erased patient (and ``extra_erased``).
 

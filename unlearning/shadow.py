@@ -274,18 +274,7 @@ def shadow_attack(adapter, trainers: dict, erased, *, shadow_models: int = 4,
     }
 
 
-def published_trainers(run) -> tuple[object, dict]:
-    """(adapter, trainers) of a run directory's published models, loaded from its store."""
-    adapter = run.adapter()
-    trainers = {}
-    for model in adapter.models():
-        trainers[model] = adapter.trainer(model)
-        final = run.store.index["models"][model]["final_round"]
-        adapter.load(model, trainers[model], run.store.load(model, final))
-    return adapter, trainers
-
-
 def attack_run(run, erased, **kwargs) -> dict:
     """:func:`shadow_attack` on a run directory's published (unlearned) models."""
-    adapter, trainers = published_trainers(run)
+    adapter, trainers = run.final_trainers()
     return shadow_attack(adapter, trainers, erased, **kwargs)

@@ -53,6 +53,15 @@ def accuracy(scores, labels) -> float:
     return float(np.mean((p >= 0.5).astype(int) == np.asarray(labels).astype(int)))
 
 
+def heldout_figures(adapter, trainers: dict, ids) -> dict:
+    """Test AUC and accuracy of the (averaged) models on ``ids``."""
+    ids = list(ids)
+    scores = np.asarray(adapter.scores(trainers, ids)).reshape(len(ids), -1)[:, -1]
+    y = adapter.labels(ids)
+    return {"test_auc": auc(scores[y == 1], scores[y == 0]),
+            "test_accuracy": accuracy(scores, y)}
+
+
 def flatten_state(tree) -> list[np.ndarray]:
     out = []
     if isinstance(tree, dict):

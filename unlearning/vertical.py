@@ -245,7 +245,6 @@ class VerticalAdapter(AdapterBase):
     cacheable = True  # nothing changes after __init__ (unlearning.run.RunDir.adapter)
     pool: TrainerPool | None = None  # set by RunDir.adapter: the run's set-up federations
     _setup_base: str | None = None
-    _id_sets: dict[str, set[str]] | None = None
 
     def __init__(self, spec: dict, aligned: list[str], erased: set[str] = frozenset()):
         self.spec = spec
@@ -359,11 +358,6 @@ class VerticalAdapter(AdapterBase):
         return {n: state_tree(fed.parties[n].snapshot()) for n in fed.names}
 
     # -- data ------------------------------------------------------------------------------
-    def holders(self, pid: str) -> list[str]:
-        if self._id_sets is None:
-            self._id_sets = {n: set(map(str, t.ids)) for n, t in self.full_tables.items()}
-        return sorted(n for n, ids in self._id_sets.items() if str(pid) in ids)
-
     def labels(self, ids) -> np.ndarray:
         t = self.full_tables[self.active]
         return np.asarray(t.rows([str(i) for i in ids]).labels)
