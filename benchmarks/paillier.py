@@ -60,6 +60,18 @@ class Exchange:
         self.delta_codec = vc.FixedPointCodec(DELTA_FRAC_BITS, max_abs_value=DELTA_BOUND)
         self.timings: dict[str, float] = {}
 
+    def warm(self, workers: int) -> None:
+        """Build the per-key fixed-base tables in every worker and in this process (built
+        once per key; a task may land on any worker), then drop what was drawn, so that
+        timed steps start with nothing precomputed."""
+        for _ in range(3):
+            self.active_rp.precompute(32 * workers)
+            self.passive_rp.precompute(16 * workers)
+        self.active_rp.precompute(1, pool=1)  # small draws run in this process
+        self.passive_rp.precompute(1, pool=1)
+        self.active_rp.clear()
+        self.passive_rp.clear()
+
     def _t(self, name, fn):
         t = time.perf_counter()
         out = fn()
@@ -169,15 +181,10 @@ def run_step(args, pk, sk, pool, console):
     ex = Exchange(pk, sk, pool, args.x_frac_bits)
     # warm: worker processes, per-key fixed-base tables in every worker (built once per key)
     t = time.perf_counter()
-    for _ in range(3):  # a task may land on any worker: warm them all
-        ex.active_rp.precompute(32 * pool.max_workers)
-        ex.passive_rp.precompute(16 * pool.max_workers)
-    ex.active_rp.precompute(1, pool=1)  # small draws run in this process: its tables too
-    ex.passive_rp.precompute(1, pool=1)
+    ex.warm(pool.max_workers)
     ex.step(d_int[:64], xt_int[:, :64], x_bits)  # warms the matvec path too
+    ex.warm(pool.max_workers)  # drops what the warm-up step left precomputed
     warm_s = time.perf_counter() - t
-    ex.active_rp.clear()
-    ex.passive_rp.clear()
 
     expected = exact_matvec(xt_int, d_int)
     ex.timings = {}
@@ -201,13 +208,7 @@ def run_step(args, pk, sk, pool, console):
 
     # the DJN short-exponent obfuscators (opt-in: extra assumption), randomness inline
     djn = Exchange(pk, sk, pool, args.x_frac_bits, short_exponent=True)
-    for _ in range(3):
-        djn.active_rp.precompute(32 * pool.max_workers)
-        djn.passive_rp.precompute(16 * pool.max_workers)
-    djn.active_rp.precompute(1, pool=1)
-    djn.passive_rp.precompute(1, pool=1)
-    djn.active_rp.clear()
-    djn.passive_rp.clear()
+    djn.warm(pool.max_workers)
     t = time.perf_counter()
     got3 = djn.step(d_int, xt_int, x_bits)
     djn_s = time.perf_counter() - t
@@ -266,11 +267,7 @@ def run_epoch(args, pk, sk, pool, console):
     n_batches = math.ceil(args.rows / batch)
     measure = min(n_batches, args.quick_batches) if args.quick else n_batches
     ex = Exchange(pk, sk, pool, args.x_frac_bits)
-    for _ in range(3):
-        ex.active_rp.precompute(32 * pool.max_workers)
-    ex.passive_rp.precompute(1, pool=1)
-    ex.active_rp.clear()
-    ex.passive_rp.clear()
+    ex.warm(pool.max_workers)
     w_a = np.zeros(EPOCH_ACTIVE_FEATURES)
     w_p = np.zeros(EPOCH_PASSIVE_FEATURES)
     lr = 0.1
