@@ -141,6 +141,22 @@ def test_crash_mid_erasure_recovers(run, step):
     assert ErasureService(final).submit(ErasureRequest(pid)) == cert
 
 
+def test_crash_recovered_in_the_same_process_sees_the_committed_lineage(run):
+    """The staged lineage is built in the run's own graph: an interrupted request must leave
+    the in-memory graph equal to the file on disk, so that recovery in the same process (the
+    same RunDir object) replays from the committed lineage."""
+    pid = late_patient(run)
+    before = json.dumps(run.lineage.to_json(), sort_keys=True)
+    with pytest.raises(ErasureInterrupted):
+        ErasureService(run, crash_at="unlearned").submit(ErasureRequest(pid))
+    assert json.dumps(run.lineage.to_json(), sort_keys=True) == before
+    assert run.lineage.contributions(pid)  # nothing committed: the patient is still there
+    (cert,) = ErasureService(run, retrain=True).recover()
+    assert cert["verification"]["max_abs_param_diff_vs_retrain"] <= 1e-6
+    assert run.lineage.contributions(pid) == []
+    assert RunDir(run.path).consistency() == []
+
+
 def test_batch_of_requests_served_together(run):
     train = run.adapter().split_ids()["train"]
     reqs = [ErasureRequest(p) for p in train[:5]]

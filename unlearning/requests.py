@@ -147,6 +147,7 @@ class ErasureService:
         self.retrain = retrain
         self.on_step = on_step or (lambda step, info: None)
         self.verify_seed = verify_seed
+        self._staged_lineage: tuple[str, Lineage] | None = None  # (request id, graph)
 
     # -- journal ---------------------------------------------------------------------------
     def _journal_path(self, rid: str):
@@ -158,6 +159,13 @@ class ErasureService:
         cur.update(state)
         atomic_write(path, json.dumps(cur, indent=1), fsync=self.run.fsync)
         return cur
+
+    def _stage_lineage(self, rid: str) -> Lineage:
+        """The lineage a request stages: the run's own graph, changed in place (copying a
+        graph of ~10k nodes cost as much as a shard's replay). Nothing reads the committed
+        graph until the commit; :meth:`_serve` reloads it from disk if serving fails."""
+        self._staged_lineage = (rid, self.run.lineage)
+        return self.run.lineage
 
     def _done(self, rid: str, step: str, info: dict) -> None:
         self._journal(rid, step=step)
@@ -255,13 +263,20 @@ class ErasureService:
         return self._serve(rid, time.perf_counter(), committed=committed)
 
     def _serve(self, rid: str, t0: float, committed: bool = False) -> dict:
-        if not committed:
-            j = json.loads(self._journal_path(rid).read_text())
-            if j.get("kind") == "client_removal":
-                self._unlearn_client(rid, j, t0)
-            else:
-                self._unlearn_patients(rid, j, t0)
-        return self._finish(rid)
+        try:
+            if not committed:
+                j = json.loads(self._journal_path(rid).read_text())
+                if j.get("kind") == "client_removal":
+                    self._unlearn_client(rid, j, t0)
+                else:
+                    self._unlearn_patients(rid, j, t0)
+            return self._finish(rid)
+        except BaseException:
+            # The staged lineage was built in place (no copy of the whole graph): after a
+            # failure the file on disk, untouched until the commit, is the truth again.
+            self._staged_lineage = None
+            self.run.lineage = Lineage.load(self.run.lineage_path)
+            raise
 
     def _unlearn_patients(self, rid: str, j: dict, t0: float) -> None:
         """located -> data deleted -> unlearned (exact replay) -> the index swap."""
@@ -293,7 +308,7 @@ class ErasureService:
         # model unlearned into a staged index and lineage
         adapter = run.adapter()
         index = run.store.staged()
-        lineage = Lineage(run.lineage.g.copy())
+        lineage = self._stage_lineage(rid)
         result = exact.replay(run, adapter, lineage, index, location)
         lineage.remove_patient(pids, rid)
         pub = publish(run, lineage, index, adapter) if result else run.spec.get("published")
@@ -322,7 +337,10 @@ class ErasureService:
         staged_path = run.path / "lineage.staged.json"
         if staged_path.exists():
             os.replace(staged_path, run.lineage_path)
-        run.lineage = Lineage.load(run.lineage_path)
+        staged, self._staged_lineage = self._staged_lineage, None
+        # the graph just saved as the staged file, when this process built it; else reload
+        run.lineage = staged[1] if staged and staged[0] == rid else Lineage.load(
+            run.lineage_path)
         run.spec["published"] = j["published"]
         run.save_spec()
         written = [c for s in j["unlearned"].values() for c in s["checkpoints"]]
@@ -481,7 +499,7 @@ class ErasureService:
         }
         ckpt = adapter.checkpoint_with_global(model, trainer, out["params"],
                                               {"approximate": True, "request_id": rid})
-        index, lineage = run.store.staged(), Lineage(run.lineage.g.copy())
+        index, lineage = run.store.staged(), self._stage_lineage(rid)
         written = _replace_checkpoints(run, lineage, index, ckpt)
         lineage.remove_patient(pids, rid)
         pub = publish(run, lineage, index, adapter)

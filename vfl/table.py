@@ -12,6 +12,7 @@ protocol code downstream can assume clean float64 matrices:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,11 @@ class PartyTable:
     @property
     def n_rows(self) -> int:
         return len(self.ids)
+
+    @functools.cached_property
+    def _position(self) -> dict:
+        """id -> row position, built once per table (tables are never modified in place)."""
+        return {v: i for i, v in enumerate(self.ids)}
 
     @property
     def n_features(self) -> int:
@@ -172,7 +178,7 @@ class PartyTable:
     # -- operations -----------------------------------------------------------------------
     def rows(self, ids: Sequence) -> PartyTable:
         """The rows for ``ids``, in that order (every id must be present)."""
-        index = {v: i for i, v in enumerate(self.ids)}
+        index = self._position
         try:
             pos = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
         except KeyError as exc:
