@@ -4,6 +4,8 @@ import json
 import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unlearning.audit_log import AuditLog
 from unlearning.errors import (
@@ -12,6 +14,7 @@ from unlearning.errors import (
     MethodUnavailableError,
     UnknownPatientError,
 )
+from unlearning.lineage import Lineage
 from unlearning.requests import STEPS, ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
 from unlearning.store import Checkpoint, CheckpointStore, Retention
@@ -84,6 +87,38 @@ def test_lineage_queries(run):
                 key=lambda p: run.lineage.first_influence([p]).get("main", 99))
     assert run.lineage.first_influence([early])["main"] == -1
     assert run.lineage.last_uninfluenced_checkpoint([early], "main") is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sets(st.sampled_from("abcdef"), max_size=4),
+                          st.sets(st.sampled_from("abcdef"), max_size=4)),
+                min_size=1, max_size=8),
+       st.integers(0, 7), st.booleans())
+def test_lineage_uses_match_rounds_whatever_parties_share(rounds, drop_from, reload):
+    """Parties used in the same rounds share a ``uses`` list; parties that diverge (here
+    party y sometimes uses other rows than x and z) must still each get exactly their own
+    rounds, through a save/load and a rollback (drop_model_from) in between."""
+    def record(lin, items, start):
+        for r, (xz, y) in enumerate(items, start):
+            lin.add_round("m", r, {"x": tuple(sorted(xz)), "y": tuple(sorted(y)),
+                                   "z": tuple(sorted(xz))})
+    lin = Lineage()
+    lin.add_setup("m", {})
+    record(lin, rounds, 0)
+    if reload:
+        lin = Lineage.from_json(json.loads(json.dumps(lin.to_json())))
+    cut = min(drop_from, len(rounds))
+    lin.drop_model_from("m", cut)
+    record(lin, rounds[cut:][::-1], cut)  # different rows after the rollback
+    final = rounds[:cut] + rounds[cut:][::-1]
+    for party, pick in (("x", 0), ("y", 1), ("z", 0)):
+        for pid in "abcdef":
+            want = [r for r, row in enumerate(final) if pid in row[pick]]
+            node = lin.g.nodes.get(f"d|{party}|{pid}")
+            got = (node or {}).get("uses", {}).get("m", [])
+            assert got == want, (party, pid)
+            if want:  # the first-use edge points at the first round used
+                assert f"r|m|{want[0]}" in lin.g.successors(f"d|{party}|{pid}")
 
 
 def test_exact_replay_equals_retrain_and_purges(run):

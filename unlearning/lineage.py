@@ -15,11 +15,13 @@ that used it; "what did P influence" is the set of descendants of P's contributi
 (every later round of that model descends from the first through the round chain, so an
 edge to each of them would add nothing to the query). Every round that used the
 contribution, the first included, is kept on the node as ``uses`` (``{model: [round, ...]}``
-ascending; :meth:`Lineage.directly_used`).
+ascending; :meth:`Lineage.directly_used`). The parties of one patient that were used in
+the same rounds (every party of a vertical federation) share one list per model, so a round
+is recorded once per patient rather than once per party.
 
 Cost. An edge per use would grow with parties x patients x epochs (hundreds of thousands
 of edges for a small run at 64 epochs), and every erasure copies the graph (the staged
-lineage), saves it and reloads it after the commit. With first-use edges the graph has
+lineage), saves it. With first-use edges the graph has
 about one edge per contribution and model, and the uses are plain integer lists. The graph
 is a :class:`LineageGraph` (a ``networkx.DiGraph`` whose ``copy`` copies the adjacency dicts
 directly, and the ``uses`` lists, instead of re-adding every edge), saved in a compact
@@ -88,6 +90,21 @@ class LineageGraph(nx.DiGraph):
                 for v, dd in nbrs.items():
                     out[v] = pred[v][u] = dd.copy() if dd else {}
         return h
+
+
+def _same_rows(ids_used: dict) -> list[tuple[object, list[str]]]:
+    """Group parties whose ids in a round are the same (every party of a vertical
+    federation): ``[(ids, [party, ...]), ...]``."""
+    groups: list[tuple[object, list[str]]] = []
+    for party, ids in ids_used.items():
+        for seen, members in groups:
+            if seen is ids or (len(seen) == len(ids) and all(
+                    a == b for a, b in zip(seen, ids, strict=True))):
+                members.append(party)
+                break
+        else:
+            groups.append((ids, [party]))
+    return groups
 
 
 def _as_lineage_graph(graph: nx.DiGraph | None) -> nx.DiGraph:
@@ -177,34 +194,79 @@ class Lineage:
 
     def _record_rows(self) -> None:
         rows, self._rows = self._rows, []
-        g = self._g
-        nodes = g._node
         with gc_paused():
             for model, r, node, ids_used in rows:
-                for party, ids in ids_used.items():
-                    for pid in ids:
-                        c = f"d|{party}|{pid}"
-                        a = nodes.get(c)
-                        if a is None:
-                            self._contrib(party, pid)
-                            a = nodes[c]
-                        uses = a.get("uses")
-                        if uses is None:
-                            uses = a["uses"] = {}
-                        rounds = uses.get(model)
-                        if not rounds:
-                            uses[model] = [r]
-                            self._link(c, node)
-                        elif r > rounds[-1]:
-                            rounds.append(r)
-                        elif r not in rounds:  # out of order (a fit never does this)
-                            bisect.insort(rounds, r)
-                            if rounds[0] == r:
-                                first = round_node(model, rounds[1])
-                                if first in g._succ[c]:
-                                    g.remove_edge(c, first)
-                                self._link(c, node)
+                for ids, parties in _same_rows(ids_used):
+                    self._record_use(model, r, node, ids, parties)
         self._touched()
+
+    def _record_use(self, model: str, r: int, node: str, ids, parties: list[str]) -> None:
+        """Round ``r`` used row ``pid`` at every party in ``parties`` (parties that used the
+        same ids in this round: all of them in a vertical federation). The first party's
+        contribution is updated; the others' share its ``uses`` list for ``model`` (they were
+        used in exactly the same rounds), so for them only the first-use edge is added."""
+        g = self._g
+        nodes = g._node
+        lead, rest = parties[0], parties[1:]
+        others = [p for p in g.graph.get("parties", ()) if p not in parties]
+        for pid in ids:
+            if others:  # a party outside this group must not see these uses: unshare
+                self._unshare(pid, model, others)
+            rounds, first = self._use(lead, pid, model, r, node)
+            for party in rest:
+                a = nodes.get(f"d|{party}|{pid}")
+                uses = None if a is None else a.get("uses")
+                mine = None if uses is None else uses.get(model)
+                if mine is rounds and rounds is not None:
+                    if first:
+                        self._link(f"d|{party}|{pid}", node)
+                elif first and not mine and rounds is not None:
+                    if a is None:
+                        self._contrib(party, pid)
+                        a = nodes[f"d|{party}|{pid}"]
+                    if uses is None:
+                        uses = a["uses"] = {}
+                    uses[model] = rounds  # shared from now on (see drop_model_from)
+                    self._link(f"d|{party}|{pid}", node)
+                else:
+                    self._use(party, pid, model, r, node)
+
+    def _unshare(self, pid, model: str, parties: list[str]) -> None:
+        nodes = self._g._node
+        for party in parties:
+            a = nodes.get(f"d|{party}|{pid}")
+            uses = None if a is None else a.get("uses")
+            if uses and model in uses:
+                uses[model] = list(uses[model])
+
+    def _use(self, party: str, pid, model: str, r: int, node: str) -> tuple[list | None, bool]:
+        """Record one use; returns the contribution's round list (None after an out-of-order
+        insertion, which is never shared) and whether ``r`` is its first use of ``model``."""
+        g = self._g
+        c = f"d|{party}|{pid}"
+        a = g._node.get(c)
+        if a is None:
+            self._contrib(party, pid)
+            a = g._node[c]
+        uses = a.get("uses")
+        if uses is None:
+            uses = a["uses"] = {}
+        rounds = uses.get(model)
+        if not rounds:
+            rounds = uses[model] = [r]
+            self._link(c, node)
+            return rounds, True
+        if r > rounds[-1]:
+            rounds.append(r)
+            return rounds, False
+        if r not in rounds:  # out of order (a fit never does this)
+            bisect.insort(rounds, r)
+            if rounds[0] == r:
+                first = round_node(model, rounds[1])
+                if first in g._succ[c]:
+                    g.remove_edge(c, first)
+                self._link(c, node)
+        return None, False
 
     def add_checkpoint(self, model: str, r: int, digest: str) -> None:
         node = f"c|{model}|{r}"
@@ -370,10 +432,13 @@ class Lineage:
             g.graph.update(data.get("graph") or {})
             table = data.get("uses") or []
             names = []
+            shared: dict[tuple, list] = {}
             for n, a in data["nodes"]:
                 refs = a.get("uses")
-                if refs is not None:  # each node owns (and appends to) its own lists
-                    a["uses"] = {m: list(table[k]) for m, k in refs.items()}
+                if refs is not None:  # one list per patient and model, shared by its parties
+                    pid = a.get("pid")
+                    a["uses"] = {m: shared.setdefault((pid, m, k), list(table[k]))
+                                 for m, k in refs.items()}
                 g._node[n] = a
                 names.append(n)
             succ, pred = g._succ, g._pred
