@@ -395,6 +395,7 @@ class Lineage:
         succ, edge_attrs, nodes = [], [], []
         table: list[list[int]] = []
         known: dict[tuple[int, ...], int] = {}
+        by_object: dict[int, int] = {}  # id() of lists alive for the whole call
         for n, a in g._node.items():
             nbrs = g._succ[n]
             succ.append([index[v] for v in nbrs])
@@ -403,9 +404,11 @@ class Lineage:
             if uses is not None:
                 refs = {}
                 for model, rounds in uses.items():
-                    k = known.setdefault(tuple(rounds), len(table))
-                    if k == len(table):
-                        table.append(rounds)
+                    k = by_object.get(id(rounds))  # a list shared by a patient's parties
+                    if k is None:
+                        k = by_object[id(rounds)] = known.setdefault(tuple(rounds), len(table))
+                        if k == len(table):
+                            table.append(rounds)
                     refs[model] = k
                 a = {**a, "uses": refs}
             nodes.append([n, a])
