@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from tests.unlearning_helpers import copy_run
 from vfl.table import PartyTable
 from vfl.transport import InMemoryTransport
 
@@ -56,3 +57,10 @@ def aligned_federation(tables, transport=None, active="hospital"):
 @pytest.fixture
 def vertical_tables():
     return make_vertical_tables()
+
+
+@pytest.fixture
+def run(base_run, tmp_path):
+    """A private copy of the module's trained ``base_run`` that a test may erase from freely
+    (for the unlearning modules that define a module-scoped ``base_run``)."""
+    return copy_run(base_run, tmp_path)

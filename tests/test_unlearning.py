@@ -1,7 +1,6 @@
 """Unlearning: store, lineage, audit log, exact replay, crash recovery, idempotence."""
 
 import json
-import shutil
 
 import pytest
 from hypothesis import given, settings
@@ -37,12 +36,6 @@ def spec(**extra):
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     return train_run(tmp_path_factory.mktemp("runs") / "base", spec(arrival={"waves": 3}))
-
-
-@pytest.fixture
-def run(base_run, tmp_path):
-    shutil.copytree(base_run.path, tmp_path / "run")
-    return RunDir(tmp_path / "run")
 
 
 def late_patient(run):

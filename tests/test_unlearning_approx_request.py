@@ -11,7 +11,7 @@ import pytest
 
 from horizontal import FedConfig
 from horizontal.strategies import weighted_mean
-from tests.unlearning_helpers import copy_run, load_final
+from tests.unlearning_helpers import HOSPITALS, load_final, train_horizontal
 from unlearning import certificate as certs
 from unlearning.audit_log import AuditLog
 from unlearning.errors import ErasureInterrupted, MethodUnavailableError
@@ -30,20 +30,12 @@ from vfl.cli import main
 
 CONFIG = FedConfig(hidden=(4,), rounds=6, local_epochs=1, batch_size=16, client_lr=0.1,
                    seed=3)
-DATA = {"factory": "test_horizontal_helpers:make_hospitals",
-        "kwargs": {"sizes": [60, 40, 80, 50]}}
 CLIENTS = [f"hospital_{k}" for k in range(4)]
 
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    spec = horizontal_spec(DATA, CONFIG, retention={"every": 2}, fsync=False)
-    return train_run(tmp_path_factory.mktemp("approx") / "base", spec)
-
-
-@pytest.fixture
-def run(base_run, tmp_path):
-    return copy_run(base_run, tmp_path)
+    return train_horizontal(tmp_path_factory, "approx", CONFIG, retention={"every": 2})
 
 
 def _global(run):
@@ -170,11 +162,12 @@ def test_bad_requests_change_nothing(run):
 
 def test_runs_that_cannot_serve_approx_say_why(tmp_path):
     small = dataclasses.replace(CONFIG, rounds=1)
-    base = horizontal_spec(DATA, small, fsync=False)
+    base = horizontal_spec(HOSPITALS, small, fsync=False)
     cases = {
         "no_logs": (base | {"client_update_logs": False}, "update logs"),
         "sisa": (sisa_spec(base, 2), "SISA"),
-        "fedadam": (horizontal_spec(DATA, dataclasses.replace(small, server_optimizer="fedadam"),
+        "fedadam": (horizontal_spec(HOSPITALS,
+                                    dataclasses.replace(small, server_optimizer="fedadam"),
                                     fsync=False), "plain FedAvg"),
     }
     for name, (spec, message) in cases.items():

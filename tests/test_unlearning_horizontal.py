@@ -5,27 +5,19 @@ import numpy as np
 import pytest
 
 from horizontal import FedConfig
-from tests.unlearning_helpers import copy_run, load_final
-from unlearning.horizontal import HorizontalAdapter, horizontal_spec
+from tests.unlearning_helpers import load_final, train_horizontal
+from unlearning.horizontal import HorizontalAdapter
 from unlearning.requests import ErasureRequest, ErasureService
-from unlearning.run import RunDir, train_run
+from unlearning.run import RunDir
 from unlearning.verification import max_param_diff
 
 CONFIG = FedConfig(hidden=(4,), rounds=4, local_epochs=1, batch_size=16, client_lr=0.1,
                    seed=3)
-DATA = {"factory": "test_horizontal_helpers:make_hospitals",
-        "kwargs": {"sizes": [60, 40, 80, 50]}}
 
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    spec = horizontal_spec(DATA, CONFIG, retention={"every": 1}, fsync=False)
-    return train_run(tmp_path_factory.mktemp("hruns") / "base", spec)
-
-
-@pytest.fixture
-def run(base_run, tmp_path):
-    return copy_run(base_run, tmp_path)
+    return train_horizontal(tmp_path_factory, "hruns", CONFIG, retention={"every": 1})
 
 
 def _final(run):

@@ -1,9 +1,21 @@
-"""Shared by the unlearning tests: a private copy of a module-scoped run, and a run's
-final trainer."""
+"""Shared by the unlearning tests: a module-scoped horizontal run, a private copy of a run,
+and a run's final trainer."""
 
 import shutil
 
-from unlearning.run import RunDir
+from unlearning.horizontal import horizontal_spec
+from unlearning.run import RunDir, train_run
+
+#: Four synthetic hospitals of unequal size (tests/test_horizontal_helpers.make_hospitals).
+HOSPITALS = {"factory": "test_horizontal_helpers:make_hospitals",
+             "kwargs": {"sizes": [60, 40, 80, 50]}}
+
+
+def train_horizontal(tmp_path_factory, name: str, config, **spec) -> RunDir:
+    """A horizontal run over :data:`HOSPITALS`, trained once per module (``spec``: more
+    :func:`horizontal_spec` options, e.g. ``retention``)."""
+    spec = horizontal_spec(HOSPITALS, config, fsync=False, **spec)
+    return train_run(tmp_path_factory.mktemp(name) / "base", spec)
 
 
 def copy_run(base: RunDir, dest) -> RunDir:

@@ -147,7 +147,7 @@ class ErasureService:
         self.retrain = retrain
         self.on_step = on_step or (lambda step, info: None)
         self.verify_seed = verify_seed
-        self._staged_lineage: tuple[str, Lineage] | None = None  # (request id, graph)
+        self._staged_rid: str | None = None  # request whose lineage run.lineage holds, staged
 
     # -- journal ---------------------------------------------------------------------------
     def _journal_path(self, rid: str):
@@ -164,7 +164,7 @@ class ErasureService:
         """The lineage a request stages: the run's own graph, changed in place (copying a
         graph of ~10k nodes cost as much as a shard's replay). Nothing reads the committed
         graph until the commit; :meth:`_serve` reloads it from disk if serving fails."""
-        self._staged_lineage = (rid, self.run.lineage)
+        self._staged_rid = rid
         return self.run.lineage
 
     def _done(self, rid: str, step: str, info: dict) -> None:
@@ -178,15 +178,16 @@ class ErasureService:
 
     # -- public API ------------------------------------------------------------------------
     def submit(self, request: ErasureRequest | ClientRemovalRequest) -> dict:
-        if isinstance(request, ClientRemovalRequest):
-            return self._submit_client_removal(request)
         run = self.run
         rid = request.request_id
         if self._journal_path(rid).exists():
             return self._resume(rid)
-        earlier = self._already(request)
+        removal = isinstance(request, ClientRemovalRequest)
+        earlier = run.certificate(rid) if removal else self._already(request)
         if earlier is not None:
             return earlier
+        if removal:
+            return self._submit_client_removal(request)
         erased = run.erased()
         todo = [p for p in request.patients if p not in erased]
         adapter = run.adapter()
@@ -274,7 +275,7 @@ class ErasureService:
         except BaseException:
             # The staged lineage was built in place (no copy of the whole graph): after a
             # failure the file on disk, untouched until the commit, is the truth again.
-            self._staged_lineage = None
+            self._staged_rid = None
             self.run.lineage = Lineage.load(self.run.lineage_path)
             raise
 
@@ -337,10 +338,10 @@ class ErasureService:
         staged_path = run.path / "lineage.staged.json"
         if staged_path.exists():
             os.replace(staged_path, run.lineage_path)
-        staged, self._staged_lineage = self._staged_lineage, None
         # the graph just saved as the staged file, when this process built it; else reload
-        run.lineage = staged[1] if staged and staged[0] == rid else Lineage.load(
-            run.lineage_path)
+        if self._staged_rid != rid:
+            run.lineage = Lineage.load(run.lineage_path)
+        self._staged_rid = None
         run.spec["published"] = j["published"]
         run.save_spec()
         written = [c for s in j["unlearned"].values() for c in s["checkpoints"]]
@@ -386,13 +387,9 @@ class ErasureService:
 
     # -- a whole client leaves (approximate) -------------------------------------------------
     def _submit_client_removal(self, request: ClientRemovalRequest) -> dict:
+        """A new removal (``submit`` has answered resumed and repeated ones)."""
         run = self.run
         rid = request.request_id
-        if self._journal_path(rid).exists():
-            return self._resume(rid)
-        earlier = run.certificate(rid)
-        if earlier is not None:
-            return earlier
         pids = self._check_client_removal(request)
         t0 = time.perf_counter()
         self._journal(rid, kind="client_removal", request=request.to_json(),
