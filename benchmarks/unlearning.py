@@ -153,7 +153,8 @@ def main(argv=None) -> dict:
     n_req = args.requests or (5 if args.quick else 9)
     epochs = args.epochs or (4 if args.quick else 16)
     config = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=epochs,
-                         batch_size=64, learning_rate=0.05, seed=args.seed, test_fraction=0.35)
+                         batch_size=64, learning_rate=0.05, seed=args.seed, test_fraction=0.35,
+                         optimizer="adam", protocol="plain")
     dataset = {"name": args.dataset, "kwargs": {"seed": args.seed} | DATASET_KWARGS[args.dataset]}
     base = {"mode": "vertical", "dataset": dataset, "config": config.to_json(), "fsync": False}
     root = Path(tempfile.mkdtemp(prefix="vfl-unlearning-bench-"))

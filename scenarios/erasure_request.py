@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
     waves = 4
     config = TrainConfig(Task("binary"), ModelConfig("linear", "sum"),
                          epochs=4 if quick else 8, batch_size=64, learning_rate=0.05,
-                         seed=args.seed, test_fraction=0.35)
+                         seed=args.seed, test_fraction=0.35,
+                         optimizer="adam", protocol="plain")
     base = {"mode": "vertical", "dataset": {"name": "actg320", "kwargs": {"seed": args.seed}},
             "config": config.to_json(), "fsync": True}
     for d in ("run", "sisa_run", "certificates"):

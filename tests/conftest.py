@@ -42,13 +42,21 @@ def make_vertical_tables(n=240, seed=0, overlap=0.85, widths=(4, 5, 6)):
     return tables
 
 
-def aligned_federation(tables, transport=None, active="hospital"):
-    """A federation over ``tables`` (optionally on a given transport), aligned by PSI."""
+def test_policy():
+    from vfl.config import SecurityPolicy
+
+    return SecurityPolicy(min_key_bits=512, allow_insecure_test_key=True)
+
+
+def aligned_federation(tables, transport=None, active="hospital", policy="test"):
+    """A federation over ``tables`` (optionally on a given transport), aligned by PSI.
+    ``policy="test"``: every party allows short test keys (its own setting)."""
     from vfl.federation import Federation
     from vfl.parties import ActiveParty, PassiveParty
 
-    parties = [ActiveParty(active, tables[active])]
-    parties += [PassiveParty(n, t) for n, t in tables.items() if n != active]
+    policy = test_policy() if policy == "test" else policy
+    parties = [ActiveParty(active, tables[active], policy=policy)]
+    parties += [PassiveParty(n, t, policy=policy) for n, t in tables.items() if n != active]
     fed = Federation(parties, transport)
     fed.align()
     return fed

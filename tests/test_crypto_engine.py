@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from phe import paillier
+from phe.encoding import EncodedNumber
 
 import vfl.crypto as vc
 from vfl.crypto import codec as codec_mod
@@ -52,7 +53,7 @@ def other_keys():
 
 @pytest.fixture(scope="module")
 def rand_small(small_keys):
-    return vc.RandomnessPool(small_keys[0], short_exponent=True)
+    return vc.RandomnessPool(small_keys[0])  # the default: uniform n-th residues
 
 
 def signed_ints(bits):
@@ -82,12 +83,34 @@ def test_phe_key_conversion_is_lossless(keys):
 def test_default_2048_bit_key_roundtrip():
     pk, sk = vc.generate_keypair()
     assert pk.key_bits == 2048 and pk.ciphertext_bytes == 512
-    rp = vc.RandomnessPool(pk, short_exponent=True)  # keep the table small in this test
-    enc = vc.encrypt_array(pk, [3, -7, 2**100], randomness=rp)
+    enc = vc.encrypt_array(pk, [3, -7, 2**100])  # default uniform randomness
     assert list(vc.decrypt_array(sk, enc)) == [3, -7, 2**100]
     g = vc.plain_matmul_encrypted([[1, -2, 0], [5, 5, 0]], enc)
     assert list(vc.decrypt_array(sk, g)) == [17, -20]
     assert sk.to_phe().decrypt(enc.to_phe()[1]) == -7
+
+
+def test_max_int_is_phe_bound_and_decoding_agrees_with_phe(small_keys):
+    pk, sk = small_keys
+    phe_pk, phe_sk = pk.to_phe(), sk.to_phe()
+    n, mi = int(pk.n), int(pk.max_int)
+    assert mi == n // 3 - 1 == phe_pk.max_int
+    # every residue around both edges of the overflow band decodes as phe decodes it
+    for r in (0, 1, mi - 1, mi, mi + 1, n // 3, n - mi - 2, n - mi - 1, n - mi, n - 1):
+        try:
+            theirs = EncodedNumber(phe_pk, r, 0).decode()
+        except OverflowError:
+            theirs = None
+        try:
+            ours = int(vc.from_residues([r], pk)[0])
+        except vc.FixedPointOverflowError:
+            ours = None
+        assert ours == theirs, r
+    enc = vc.encrypt_array(pk, [mi, -mi])
+    assert [phe_sk.decrypt(x) for x in enc.to_phe()] == [mi, -mi]
+    assert vc.decrypt_array(sk, enc).tolist() == [mi, -mi]
+    with pytest.raises(vc.FixedPointOverflowError):
+        vc.encrypt_array(pk, [-(mi + 1)])
 
 
 # --- encryption ----------------------------------------------------------------------------
@@ -104,11 +127,18 @@ def test_encrypt_decrypt_roundtrip(keys, data, two_d):
     assert out.shape == arr.shape and out.tolist() == arr.tolist()
 
 
-def test_full_and_short_exponent_randomness_roundtrip(small_keys):
+def test_every_randomness_method_roundtrips(small_keys):
     pk, sk = small_keys
     vals = [0, 1, -1, 12345, -(2**100)]
-    for short in (False, True):
-        rp = vc.RandomnessPool(pk, short_exponent=short)
+    configs = [
+        {},  # uniform, public key
+        {"private_key": sk},  # uniform, key holder (CRT)
+        {"method": "djn"},
+        {"short_exponent": True},
+        {"method": "djn", "private_key": sk},
+    ]
+    for kwargs in configs:
+        rp = vc.RandomnessPool(pk, **kwargs)
         rp.precompute(3)
         assert rp.available == 3
         enc = vc.encrypt_array(pk, vals, randomness=rp)
@@ -265,9 +295,11 @@ def test_parallel_pool_matches_serial(keys):
 def _run_parallel(pool, pk, sk):
     try:
         vals = [secrets.randbits(50) - 2**49 for _ in range(140)]
-        rp = vc.RandomnessPool(pk, short_exponent=True, pool=pool)
+        rp = vc.RandomnessPool(pk, pool=pool)  # uniform obfuscators, in the workers
         enc = vc.encrypt_array(pk, vals, randomness=rp, pool=pool)
         assert list(vc.decrypt_array(sk, enc, pool=pool)) == vals
+        djn = vc.RandomnessPool(pk, short_exponent=True, pool=pool)  # opt-in DJN tables
+        assert list(vc.decrypt_array(sk, vc.rerandomize(enc, randomness=djn))) == vals
         m = np.array([[secrets.randbits(20) - 2**19 for _ in range(140)] for _ in range(3)])
         par = vc.plain_matmul_encrypted(m, enc, pool=pool)
         assert par.values == vc.plain_matmul_encrypted(m, enc, pool=1).values
@@ -468,10 +500,10 @@ def test_exchange_at_2048_bits_with_full_randomness_and_pool():
 
 
 def test_key_holder_crt_randomness_equals_public_computation(keys, monkeypatch):
-    """The CRT path (private key) computes exactly h_n ** a mod n^2 for the same a."""
+    """DJN's CRT path (private key) computes exactly h_n ** a mod n^2 for the same a."""
     pk, sk = keys
-    rp = vc.RandomnessPool(pk, private_key=sk)
-    assert rp.uses_crt and not vc.RandomnessPool(pk).uses_crt
+    rp = vc.RandomnessPool(pk, method="djn", private_key=sk)
+    assert rp.uses_crt and not vc.RandomnessPool(pk, method="djn").uses_crt
     a = secrets.randbits(rp.exp_bits)
     monkeypatch.setattr(secrets, "randbits", lambda k: a)
     assert rp.draw(2) == [gmpy2.powmod(rp._h_n, a, pk.nsquare)] * 2
@@ -491,7 +523,8 @@ def test_key_holder_crt_randomness_in_worker_pool(keys):
     pk, sk = keys
     pool = vc.WorkerPool(2, min_items=4)
     try:
-        rp = vc.RandomnessPool(pk, private_key=sk, pool=pool)
+        rp = vc.RandomnessPool(pk, private_key=sk, pool=pool)  # uniform, CRT
+        assert rp.method == "uniform" and rp.uses_crt
         rp.precompute(16)
         vals = list(range(-8, 8))
         enc = vc.encrypt_array(pk, vals, randomness=rp)

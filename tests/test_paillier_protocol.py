@@ -1,4 +1,5 @@
-"""The paillier protocol: same model as plain split learning, and a clean transcript."""
+"""The opt-in ``paillier-masked-gradient`` protocol: same model as plain split learning, a
+clean transcript, and refusal where a passive could invert its aggregate gradient."""
 
 import dataclasses
 
@@ -15,8 +16,13 @@ from vfl.crypto import (
     generate_keypair,
 )
 from vfl.crypto.ciphertext import EncryptedArray
-from vfl.errors import ConfigError, PayloadShapeError, ReplayedMessageError
-from vfl.federation import Federation
+from vfl.errors import (
+    ConfigError,
+    InvertibleConfigurationError,
+    PayloadShapeError,
+    ReplayedMessageError,
+    SecurityPolicyError,
+)
 from vfl.messages import Label, Message
 from vfl.models import ModelConfig
 from vfl.secure_exchange import DELTA_FRAC_BITS
@@ -24,13 +30,13 @@ from vfl.tasks import Task
 from vfl.trainer import SplitTrainer
 
 PLAIN = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=2, batch_size=32,
-                    learning_rate=0.05, seed=5)
+                    learning_rate=0.05, seed=5, optimizer="adam", protocol="plain")
 MLP = dataclasses.replace(PLAIN, model=ModelConfig("mlp", "mlp", hidden=(4,), embed_dim=2,
                                                    top_hidden=(4,)))
 
 
 def paillier(config):
-    return dataclasses.replace(config, protocol="paillier", key_bits=1024,
+    return dataclasses.replace(config, protocol="paillier-masked-gradient", key_bits=1024,
                                insecure_test_key=True)
 
 
@@ -180,15 +186,25 @@ def test_overflow_is_a_specific_error():
 
 def test_short_key_needs_the_test_flag():
     tables = make_vertical_tables(n=120, seed=7)
-    config = dataclasses.replace(PLAIN, protocol="paillier", key_bits=1024)
+    config = dataclasses.replace(PLAIN, protocol="paillier-masked-gradient", key_bits=1024)
     with pytest.raises(InsecureKeyError):
         trained(tables, config)
+    # the wire config's insecure_test_key does not override a party's own policy
+    with pytest.raises(SecurityPolicyError):
+        fed = aligned_federation(tables, policy=None)
+        SplitTrainer(fed, paillier(PLAIN)).setup()
+
+
+def test_invertible_configuration_is_refused():
+    """A passive with at least batch rows x width parameters would solve for delta."""
+    tables = make_vertical_tables(n=200, seed=9, widths=(4, 40, 6))
+    with pytest.raises(InvertibleConfigurationError, match="protocol='paillier'"):
+        trained(tables, dataclasses.replace(paillier(PLAIN), batch_size=32))
 
 
 def test_tiny_last_batch_is_refused():
     tables = make_vertical_tables(n=120, seed=8)
-    fed = Federation.from_tables(tables, "hospital")
-    fed.align()
+    fed = aligned_federation(tables)
     n_train = None
     for b in range(9, 64):
         trainer = SplitTrainer(fed, dataclasses.replace(paillier(PLAIN), batch_size=b))

@@ -20,7 +20,7 @@ from vfl.tasks import Task
 from vfl.trainer import SplitTrainer
 
 CONFIG = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=3, batch_size=32,
-                     learning_rate=0.05, seed=3)
+                     learning_rate=0.05, seed=3, optimizer="adam", protocol="plain")
 MLP = dataclasses.replace(CONFIG, model=ModelConfig("mlp", "mlp", hidden=(8,), embed_dim=3,
                                                     top_hidden=(4,)))
 

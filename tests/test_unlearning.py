@@ -23,7 +23,7 @@ from vfl.models import ModelConfig
 from vfl.tasks import Task
 
 CONFIG = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=2, batch_size=32,
-                     learning_rate=0.05, seed=3)
+                     learning_rate=0.05, seed=3, optimizer="adam", protocol="plain")
 DATA = {"factory": "tests.conftest:make_vertical_tables", "kwargs": {"n": 160},
         "active": "hospital"}
 

@@ -183,7 +183,7 @@ def test_vertical_run_refuses_approx(tmp_path):
     from vfl.tasks import Task
 
     cfg = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=1, batch_size=32,
-                      learning_rate=0.05, seed=3)
+                      learning_rate=0.05, seed=3, optimizer="adam", protocol="plain")
     spec = {"mode": "vertical", "config": cfg.to_json(), "fsync": False,
             "dataset": {"factory": "tests.conftest:make_vertical_tables", "kwargs": {"n": 60},
                         "active": "hospital"}}

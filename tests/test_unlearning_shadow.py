@@ -19,7 +19,8 @@ from vfl.tasks import Task
 # 120 features for ~130 training rows and 60 epochs: the linear model nearly interpolates
 # its training rows, so membership is visible in its outputs (the real ACTG model is not).
 OVERFIT = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=60, batch_size=32,
-                      learning_rate=0.1, seed=3, test_fraction=0.6)
+                      learning_rate=0.1, seed=3, test_fraction=0.6,
+                      optimizer="adam", protocol="plain")
 DATA = {"factory": "tests.conftest:make_vertical_tables",
         "kwargs": {"n": 400, "widths": [40, 40, 40], "overlap": 1.0}, "active": "hospital"}
 SPEC = {"mode": "vertical", "dataset": DATA, "config": OVERFIT.to_json()}

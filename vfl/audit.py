@@ -51,10 +51,12 @@ from vfl.metrics import roc_auc
 PLAIN_GRADIENT_KIND = "train.cut_gradient"
 ENCRYPTED_GRADIENT_KIND = "train.enc_cut_gradient"
 MASKED_AGGREGATE_KIND = "train.masked_gradient_plain"
+SOURCE_UPDATE_KIND = "train.enc_update"
 
 VIEW_PLAIN = "per-sample plaintext gradients"
 VIEW_ENCRYPTED = "ciphertexts + masked aggregate"
 VIEW_NONE = "no training gradients received"
+VIEW_SOURCE_LAYER = "ciphertexts only (source-layer updates)"
 
 BATCH_NORM_MEANING = (
     "AUC of the L2 norm of the passive party's unmasked aggregate batch gradient for "
@@ -177,6 +179,10 @@ class LeakageReport:
     n_rounds: int = 0
     batch_norm_auc: float | None = None
     batch_norm_meaning: str | None = None
+    #: aggregate inversion (least squares of what it received against its own features or
+    #: Jacobian), the attack that matters for the encrypted protocols
+    inversion_auc: float | None = None
+    inversion_meaning: str | None = None
 
     def to_json(self) -> dict:
         """A JSON-serializable dict (NaN AUCs become ``None``)."""
@@ -226,10 +232,25 @@ def audit_label_leakage(
     encrypted = [m for m in received if m.kind in (ENCRYPTED_GRADIENT_KIND, MASKED_AGGREGATE_KIND)]
     if plain and encrypted:
         raise ValueError("the messages mix the plain and the paillier protocol; audit one run")
+    updates = [m for m in received if m.kind == SOURCE_UPDATE_KIND]
     if plain:
         return _audit_plain(party, plain, batch_ids, labels)
     if encrypted:
         return _audit_encrypted(party, encrypted, batch_ids, labels, aggregate_gradients)
+    if updates:
+        return LeakageReport(
+            party=party,
+            protocol_view=VIEW_SOURCE_LAYER,
+            n_samples=0,
+            norm_auc=float("nan"),
+            direction_auc=float("nan"),
+            reason=(
+                f"the party received {len(updates)} source-layer updates, all ciphertexts "
+                "under the active party's key, and no plaintext gradient; the inversion "
+                "attack on the ciphertexts is in inversion_auc"
+            ),
+            n_rounds=len(updates),
+        )
     return LeakageReport(
         party=party,
         protocol_view=VIEW_NONE,
@@ -276,9 +297,9 @@ def _audit_encrypted(party, messages, batch_ids, labels, aggregates) -> LeakageR
     n_samples = sum(len(batch_ids(r)) for r in rounds)
     reason = (
         "no per-sample plaintext gradient reached the party: the cut-layer gradients arrived "
-        "encrypted under the active party's key and the only plaintext is its own masked "
-        "aggregate gradient per batch; per-sample norm/direction scores are 0.5 by "
-        "construction"
+        "encrypted under the active party's key; the plaintext it learns is its own "
+        "aggregate gradient per batch, attacked by least squares in inversion_auc "
+        "(norm/direction need per-sample values and are not run)"
     )
     batch_auc = None
     if aggregates:
@@ -300,10 +321,109 @@ def _audit_encrypted(party, messages, batch_ids, labels, aggregates) -> LeakageR
         party=party,
         protocol_view=VIEW_ENCRYPTED,
         n_samples=n_samples,
-        norm_auc=0.5,
-        direction_auc=0.5,
+        norm_auc=float("nan"),
+        direction_auc=float("nan"),
         reason=reason,
         n_rounds=len(rounds),
         batch_norm_auc=batch_auc,
         batch_norm_meaning=BATCH_NORM_MEANING if batch_auc is not None else None,
     )
+
+
+# --- attacks on aggregates and on the active party's view (the paillier protocols) ---------
+INVERSION_MEANING = (
+    "direction-attack AUC (one known positive) on per-sample values recovered by least "
+    "squares from everything the passive received, against its own features/Jacobian, "
+    "across all rounds"
+)
+
+
+def aggregate_inversion_auc(observations, labels: Mapping[str, int], width: int) -> float:
+    """Aggregate inversion: per round the attacker knows a linear map ``A`` (its own
+    Jacobian transposed, ``params x (rows * width)``) and the vector ``b`` it received
+    (its batch-aggregate gradient, ``A @ delta``). Least squares (minimum norm) returns
+    ``delta`` exactly whenever ``A`` has full column rank, i.e. when the party has at least
+    rows x width parameters. The recovered per-sample rows are scored with the direction
+    attack. ``observations``: iterable of ``(row_ids, A, b)``.
+    """
+    rows, ys = [], []
+    for ids, a, b in observations:
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64).reshape(-1)
+        delta, *_ = np.linalg.lstsq(a, b, rcond=None)
+        rows.append(delta.reshape(len(ids), width))
+        ys.extend(_label_of(labels, i) for i in ids)
+    if not rows:
+        return float("nan")
+    return direction_scoring_auc(np.concatenate(rows), np.asarray(ys))
+
+
+def ciphertext_values(data: bytes, public_key) -> np.ndarray:
+    """Received ciphertext bytes as numbers the attacker can score: each ciphertext's top
+    53 bits as a float in ``[0, 1)``, centred (what a party that treats the bytes as data
+    sees)."""
+    from vfl.crypto import EncryptedArray
+
+    enc = EncryptedArray.from_bytes(data, public_key)
+    bits = int(public_key.nsquare.bit_length())
+    flat = [int(c) >> max(bits - 53, 0) for c in enc.values]
+    return (np.asarray(flat, dtype=np.float64) / float(1 << 53) - 0.5).reshape(enc.shape)
+
+
+def ciphertext_inversion_auc(
+    received: Sequence[Message], rows_of: Callable[[int], Sequence[str]],
+    labels: Mapping[str, int], public_key,
+) -> float:
+    """The inversion attack run on what a ``paillier`` passive receives: its per-row
+    ``[[dP]]`` are positional (row ``k`` of the update belongs to the ``k``-th updated row),
+    so the attacker's least-squares system is the identity and each row's ciphertext
+    values are scored directly."""
+    vecs, ys = [], []
+    for m in received:
+        if m.kind != "train.enc_update":
+            continue
+        v = ciphertext_values(m.payload["ct"], public_key)
+        ids = list(rows_of(m.round))
+        vecs.append(v.reshape(len(ids), -1))
+        ys.extend(_label_of(labels, i) for i in ids)
+    if not vecs:
+        return float("nan")
+    return direction_scoring_auc(np.concatenate(vecs), np.asarray(ys))
+
+
+def gram_recovery_error(
+    log: Sequence[tuple], features: np.ndarray, n_train: int, width: int, tx,
+    *, everywhere: bool,
+) -> float:
+    """What the active party learns of a passive's features from the embeddings it
+    decrypts: ``X X^T`` over training rows.
+
+    With a linear source layer, ``h_i(r) = x_i W0 + x_i X^T P(r)`` and the active party
+    knows ``P(r)`` (it runs the passive's optimizer on its own deltas; under ``plain`` it
+    can replay it the same way). Each row seen in two rounds gives ``width`` equations
+    ``K_i (P(r2) - P(r1)) = h_i(r2) - h_i(r1)`` for the row ``K_i`` of the Gram matrix;
+    least squares over all of a row's appearances recovers it. Returns the relative
+    Frobenius error of the recovered Gram matrix over rows seen at least twice (1.0 means
+    nothing recovered). ``log``: ``(round, positions, h, delta)`` in round order.
+    """
+    from vfl.source_layer import DualCoefficients
+
+    dual = DualCoefficients(n_train, width, tx, everywhere=everywhere)
+    seen: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for _, positions, h, delta in log:
+        p_before = np.asarray(dual.p, dtype=np.float64)
+        for k, pos in enumerate(np.asarray(positions).tolist()):
+            seen.setdefault(pos, []).append((p_before, np.asarray(h[k], dtype=np.float64)))
+        dual.step(np.asarray(positions), np.asarray(delta))
+    x = np.asarray(features, dtype=np.float64)
+    err_num = err_den = 0.0
+    for pos, obs in seen.items():
+        if len(obs) < 2:
+            continue
+        a = np.concatenate([(p2 - p1).T for (p1, _), (p2, _) in zip(obs, obs[1:])])
+        b = np.concatenate([h2 - h1 for (_, h1), (_, h2) in zip(obs, obs[1:])])
+        k_hat, *_ = np.linalg.lstsq(a, b, rcond=None)
+        k_true = x @ x[pos]
+        err_num += float(np.sum((k_hat - k_true) ** 2))
+        err_den += float(np.sum(k_true**2))
+    return float(np.sqrt(err_num / err_den)) if err_den else float("nan")

@@ -91,5 +91,65 @@ class ConfigError(VFLError, ValueError):
     """A training or scenario setting is invalid."""
 
 
+class UnsupportedAtPassiveError(ConfigError):
+    """A passive party's model or optimizer cannot run under the chosen protocol (an MLP
+    bottom or Adam under ``paillier``)."""
+
+
+class InvertibleConfigurationError(ConfigError):
+    """The ``paillier-masked-gradient`` protocol would let a passive invert its aggregate
+    gradient into per-sample gradients (parameters >= batch rows x embedding width)."""
+
+
+class SecurityPolicyError(ConfigError):
+    """A setup message asks for security settings the party's own policy does not allow."""
+
+
 class CheckpointError(VFLError):
     """A checkpoint cannot be restored into these parties."""
+
+
+# --- hardening: hostile wire bytes, silent data problems, message senders -----------------
+# (appended by the wire/data/horizontal hardening work; other sections may follow)
+class WireFormatError(TransportError):
+    """Received bytes are not a well-formed message; the message names the bad field."""
+
+
+class UnexpectedSenderError(ProtocolError):
+    """A message came from a party that may not send that kind of message."""
+
+
+class FeatureMagnitudeError(PartyDataError):
+    """Feature values are too large to standardize in float64 (squares would overflow)."""
+
+
+class LabelAsFeatureError(PartyDataError):
+    """The label column is also listed as a feature (the model would see the answer)."""
+
+
+class IdAsFeatureError(PartyDataError):
+    """The identifier column is also listed as a feature."""
+
+
+class DuplicateColumnError(PartyDataError):
+    """Two feature columns have the same name."""
+
+
+class DataFileError(PartyDataError):
+    """A CSV or Parquet file cannot be read (missing, unreadable or malformed)."""
+
+
+class EmptyDataFileError(DataFileError):
+    """A CSV or Parquet file has no columns or no rows."""
+
+
+class LabelValueError(ConfigError, PartyDataError):
+    """Label values do not fit the task (also a ConfigError: the task says what fits)."""
+
+
+class NonFiniteLabelError(LabelValueError):
+    """A label is infinite."""
+
+
+class NonIntegerClassLabelError(LabelValueError):
+    """A class label of a binary/multiclass task is not a whole number."""

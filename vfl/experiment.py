@@ -14,10 +14,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vfl.audit import LeakageReport, audit_label_leakage, capture_received
-from vfl.config import TrainConfig
+from vfl.audit import (
+    INVERSION_MEANING,
+    LeakageReport,
+    aggregate_inversion_auc,
+    audit_label_leakage,
+    capture_received,
+    ciphertext_inversion_auc,
+    gram_recovery_error,
+)
+from vfl.config import SecurityPolicy, TrainConfig
 from vfl.federation import Federation
 from vfl.metrics import roc_curve
+from vfl.optim import make_optimizer
+from vfl.source_layer import update_rows_everywhere
 from vfl.table import PartyTable
 from vfl.trainer import CheckpointCallback, SplitTrainer, TrainHistory
 
@@ -44,6 +54,8 @@ class VerticalRun:
     results: dict[str, ModelResult] = field(default_factory=dict)
     plain: SplitTrainer | None = None  # the plain-protocol twin of an encrypted run
     audits: dict[str, dict[str, LeakageReport]] = field(default_factory=dict)
+    #: per protocol and passive: relative error of the active party's Gram recovery
+    gram: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def train_and_evaluate(
@@ -75,6 +87,8 @@ def pooled_table(tables: dict[str, PartyTable], active: str, ids) -> PartyTable:
 
 
 def single_party_trainer(table: PartyTable, name: str, ids, config: TrainConfig) -> SplitTrainer:
+    # One party: nothing crosses a boundary, so there is nothing to encrypt.
+    config = dataclasses.replace(config, protocol="plain")
     fed = Federation.from_tables({name: table}, name)
     fed.set_alignment(ids)
     return SplitTrainer(fed, config)
@@ -89,28 +103,41 @@ def run_vertical_comparison(
     baselines: bool = True,
     compare_plain: bool = True,
     on_round_end: CheckpointCallback | None = None,
+    audit: bool = True,
+    policy: SecurityPolicy | None = None,
 ) -> VerticalRun:
-    fed = Federation.from_tables(tables, active)
+    # Every party's operator pins the protocol and key length the run was configured with.
+    policy = policy if policy is not None else SecurityPolicy.pinned(config)
+    fed = Federation.from_tables(tables, active, policy=policy)
     t0 = time.perf_counter()
     alignment = fed.align(progress=progress)
     align_seconds = time.perf_counter() - t0
     trainer = SplitTrainer(fed, config)
     run = VerticalRun(fed, trainer, alignment.size, align_seconds)
     views = {p: capture_received(fed.transport, p) for p in fed.passives}
+    fed.parties[active].record_view = audit
     run.results["vfl"] = train_and_evaluate(
         trainer, progress=progress, description="vertical", on_round_end=on_round_end
     )
-    run.audits[config.protocol] = audit_passives(fed, views)
+    if audit:
+        run.audits[config.protocol] = audit_passives(fed, views)
+        run.gram[config.protocol] = audit_active(fed)
     if config.protocol != "plain" and compare_plain:
         # The same model under plain split learning, for the equality check and the audit.
-        plain_fed = Federation.from_tables(tables, active)
+        plain_config = dataclasses.replace(config, protocol="plain")
+        plain_fed = Federation.from_tables(
+            tables, active, policy=SecurityPolicy.pinned(plain_config)
+        )
         plain_fed.reuse_alignment(fed)
-        run.plain = SplitTrainer(plain_fed, dataclasses.replace(config, protocol="plain"))
+        run.plain = SplitTrainer(plain_fed, plain_config)
         plain_views = {p: capture_received(plain_fed.transport, p) for p in plain_fed.passives}
+        plain_fed.parties[active].record_view = audit
         run.results["vfl_plain"] = train_and_evaluate(
             run.plain, progress=progress, description="vertical (plain)"
         )
-        run.audits["plain"] = audit_passives(plain_fed, plain_views)
+        if audit:
+            run.audits["plain"] = audit_passives(plain_fed, plain_views)
+            run.gram["plain"] = audit_active(plain_fed)
     if baselines:
         # The hospital knows the aligned ids (it took part in PSI); the baselines use the same
         # rows, the same hash-derived split and the same schedule.
@@ -129,49 +156,106 @@ def run_vertical_comparison(
 def audit_passives(fed: Federation, views: dict[str, list]) -> dict[str, LeakageReport]:
     """Label-inference attacks on exactly what each passive party received.
 
-    The ground-truth labels are the auditor's (simulation) view; each passive's batch ids
-    and unmasked aggregates are its own local knowledge.
+    The ground-truth labels are the auditor's (simulation) view; each passive's batch ids,
+    features, Jacobians, keys and unmasked aggregates are its own local knowledge. Every
+    report carries the aggregate-inversion AUC (least squares of what it received against
+    what it knows), whatever the protocol.
     """
     active = fed.parties[fed.active]
     labels = dict(zip(active.train_rows.ids, active.train_rows.labels.tolist()))
     reports = {}
     for name, received in views.items():
         party = fed.parties[name]
-        reports[name] = audit_label_leakage(
+        report = audit_label_leakage(
             received,
             party.schedule.round_ids,
             labels,
             party=name,
             aggregate_gradients=getattr(party, "learned_aggregates", None),
         )
+        config = party.config
+        width = config.model.embedding_width(config.task.n_outputs)
+        if config.protocol == "plain":
+            inversion = report.direction_auc  # per-sample gradients: the system is identity
+        elif config.protocol == "paillier":
+            everywhere = update_rows_everywhere(config.passive_optimizer_name, config.weight_decay)
+            all_ids = list(party.train_rows.ids)
+
+            def rows_of(r, party=party, everywhere=everywhere, all_ids=all_ids):
+                return all_ids if everywhere else party.schedule.round_ids(r)
+
+            inversion = ciphertext_inversion_auc(
+                received, rows_of, labels, party.source.public_key
+            )
+        else:
+            inversion = aggregate_inversion_auc(party.inversion_observations(), labels, width)
+        report.inversion_auc = inversion
+        report.inversion_meaning = INVERSION_MEANING
+        reports[name] = report
     return reports
+
+
+def audit_active(fed: Federation) -> dict[str, float]:
+    """Gram recovery: the relative error with which the active party recovers each
+    passive's ``X X^T`` (training rows) from the embeddings it saw and its own deltas."""
+    active = fed.parties[fed.active]
+    config = active.config
+    tx = make_optimizer(config.passive_optimizer_name, config.learning_rate, config.weight_decay)
+    everywhere = update_rows_everywhere(config.passive_optimizer_name, config.weight_decay)
+    width = config.model.embedding_width(config.task.n_outputs)
+    out = {}
+    for name in fed.passives:
+        passive = fed.parties[name]
+        out[name] = gram_recovery_error(
+            active.embedding_log.get(name, []), passive.x_train, len(passive.train_rows.ids),
+            width, tx, everywhere=everywhere,
+        )
+    return out
 
 
 AUDIT_COLUMNS = [
     "protocol",
     "party",
     "what it received",
-    "samples",
-    "norm-attack AUC",
-    "direction-attack AUC",
-    "batch-level AUC",
+    "norm AUC",
+    "direction AUC",
+    "inversion AUC",
+    "Gram error (active)",
 ]
 
 
+def _na(x):
+    return "n/a" if x is None or (isinstance(x, float) and x != x) else x
+
+
 def audit_rows(run: VerticalRun) -> list[list]:
+    """Per protocol and passive: the label attacks on what the passive received, and how
+    well the active party recovers that passive's Gram matrix from what it received."""
     return [
         [
             protocol,
             name,
             r.protocol_view,
-            r.n_samples,
-            r.norm_auc,
-            r.direction_auc,
-            "n/a" if r.batch_norm_auc is None else r.batch_norm_auc,
+            _na(r.norm_auc),
+            _na(r.direction_auc),
+            _na(r.inversion_auc),
+            _na(run.gram.get(protocol, {}).get(name)),
         ]
         for protocol, reports in sorted(run.audits.items(), key=lambda kv: kv[0] != "plain")
         for name, r in reports.items()
     ]
+
+
+def leakage_json(run: VerticalRun) -> dict:
+    """``{protocol: {passive: report + gram_recovery_error}}`` for a scenario's JSON."""
+    return {
+        protocol: {
+            name: rep.to_json()
+            | {"gram_recovery_error": _na(run.gram.get(protocol, {}).get(name))}
+            for name, rep in reports.items()
+        }
+        for protocol, reports in run.audits.items()
+    }
 
 
 def party_summary(run: VerticalRun, tables: dict[str, PartyTable]) -> dict[str, dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from vfl.config import SecurityPolicy
 from vfl.coordinator import Coordinator
 from vfl.errors import ConfigError
 from vfl.parties import ActiveParty, PassiveParty, TrainingParty
@@ -33,16 +34,26 @@ class Federation:
         self.alignment: PSIResult | None = None
 
     @classmethod
-    def from_tables(cls, tables: Mapping[str, PartyTable], active: str) -> Federation:
+    def from_tables(
+        cls,
+        tables: Mapping[str, PartyTable],
+        active: str,
+        *,
+        policy: SecurityPolicy | None = None,
+    ) -> Federation:
+        """Parties built from their tables; ``policy`` is each party's own security policy
+        (in a deployment every operator sets it for their own party)."""
         if active not in tables:
             raise ConfigError(f"active party {active!r} has no table; parties: {list(tables)}")
-        parties: list[TrainingParty] = [ActiveParty(active, tables[active])]
-        parties += [PassiveParty(n, t) for n, t in tables.items() if n != active]
+        parties: list[TrainingParty] = [ActiveParty(active, tables[active], policy=policy)]
+        parties += [
+            PassiveParty(n, t, policy=policy) for n, t in tables.items() if n != active
+        ]
         return cls(parties)
 
     @classmethod
-    def from_dataset(cls, dataset) -> Federation:
-        return cls.from_tables(dataset.tables, dataset.active)
+    def from_dataset(cls, dataset, *, policy: SecurityPolicy | None = None) -> Federation:
+        return cls.from_tables(dataset.tables, dataset.active, policy=policy)
 
     @property
     def names(self) -> list[str]:

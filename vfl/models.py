@@ -25,12 +25,16 @@ TOPS = ("sum", "linear", "mlp")
 
 
 class LinearBottom(nnx.Module):
-    """``h = X W``: no bias, the top model owns the single intercept."""
+    """``h = X W``: no bias, the top model owns the single intercept.
 
-    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs):
-        self.linear = nnx.Linear(
-            d_in, d_out, use_bias=False, kernel_init=nnx.initializers.zeros, rngs=rngs
-        )
+    Under a ``sum`` top (logistic/linear regression) ``W`` starts at zero, as the classic
+    vertical-LR protocols do. Under a ``linear``/``mlp`` top it starts random (LeCun
+    normal): with every embedding at zero the top's ReLUs would never pass a gradient.
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, zero_init: bool = True):
+        init = nnx.initializers.zeros if zero_init else nnx.initializers.lecun_normal()
+        self.linear = nnx.Linear(d_in, d_out, use_bias=False, kernel_init=init, rngs=rngs)
 
     def __call__(self, x):
         return self.linear(x)
@@ -115,7 +119,7 @@ def make_bottom(config: ModelConfig, d_in: int, n_outputs: int, key) -> nnx.Modu
     width = config.embedding_width(n_outputs)
     rngs = nnx.Rngs(params=key)
     if config.bottom == "linear":
-        return LinearBottom(d_in, width, rngs=rngs)
+        return LinearBottom(d_in, width, rngs=rngs, zero_init=config.top == "sum")
     return MLPBottom(d_in, tuple(config.hidden), width, rngs=rngs)
 
 

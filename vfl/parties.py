@@ -8,9 +8,22 @@ anyone else leaves through a returned :class:`~vfl.messages.Message`, labelled:
   (``plaintext-by-design``, the documented leak of every split model);
 * active -> passive ``train.cut_gradient`` in the ``plain`` protocol: dL/dh for the batch
   (``plaintext-by-design`` and label-dependent: the norm/direction of these gradients reveal
-  labels, Li et al. 2021; the ``paillier`` protocol removes this);
+  labels, Li et al. 2021);
+* under ``paillier`` (the default, :mod:`vfl.source_layer`): passive -> active
+  ``train.enc_embedding`` (packed ciphertexts the active decrypts: the embedding, as in every
+  split model) and active -> passive ``train.enc_update`` (``[[dP]]``, ciphertext under the
+  active party's key). A passive receives nothing else but public control;
+* under ``paillier-masked-gradient`` (opt-in, :mod:`vfl.secure_exchange`):
+  ``train.enc_cut_gradient`` / ``train.masked_gradient`` / ``train.masked_gradient_plain``;
+  the passive learns its own batch-aggregate gradient (refused where that is invertible);
 * everything to and from the coordinator: public control, counts and the losses/metrics the
-  active party chooses to report.
+  active party chooses to report (the coordinator runs on the active party's side).
+
+Threat model (README "Threat model"): semi-honest parties by default. Every handler checks
+who sent the message (:meth:`TrainingParty._expect`): setup and every request come from the
+coordinator only, gradients/updates from the active party only, embeddings from this run's
+passives only; security settings are checked against the party's own
+:class:`~vfl.config.SecurityPolicy`, never taken from the wire.
 
 The checkpoint methods (:meth:`snapshot`, :meth:`restore`) are party-local: in a
 deployment each party writes its own checkpoint to its own disk.
@@ -27,10 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from vfl.compiled import bottom_functions, top_functions
-from vfl.config import TrainConfig
+from vfl.config import SecurityPolicy, TrainConfig
+from vfl.crypto import EncryptedArray, PublicKey
 from vfl.errors import (
     CheckpointError,
     ConfigError,
+    InvertibleConfigurationError,
     LabelAtPassivePartyError,
     PayloadShapeError,
     ProtocolError,
@@ -46,7 +61,21 @@ from vfl.secure_exchange import (
     ActiveKeyring,
     PassiveSealer,
 )
+from vfl.source_layer import (
+    DualCoefficients,
+    EncryptedSourceLayer,
+    choose_form,
+    decrypt_embedding,
+    encrypt_update,
+    feature_ints,
+    private_key_from_tree,
+    private_key_to_tree,
+    quantize_features,
+    update_rows_everywhere,
+)
 from vfl.table import PartyTable, Standardizer
+
+MASKED = "paillier-masked-gradient"
 
 
 @dataclass
@@ -81,12 +110,22 @@ def party_key(seed: int, name: str):
 class TrainingParty(PSIParticipant):
     """What active and passive parties share: alignment, split, scaling, schedule."""
 
-    def __init__(self, name: str, table: PartyTable):
+    def __init__(self, name: str, table: PartyTable, *, policy: SecurityPolicy | None = None):
         super().__init__(name, ids=table.ids)
         self.table = table
+        # The party's own security settings: a setup message is checked against them.
+        self.policy = policy if policy is not None else SecurityPolicy()
         self.aligned_ids: np.ndarray | None = None
         self.config: TrainConfig | None = None
         self._scoring: PartyTable | None = None
+
+    def _expect(self, msg: Message, *senders: str) -> None:
+        """Threat model: only the listed senders may send this kind of message."""
+        if msg.sender not in senders:
+            raise ProtocolError(
+                f"{self.name!r} refuses {msg.kind!r} from {msg.sender!r}: only "
+                f"{sorted(senders)} may send it in this protocol"
+            )
 
     # -- alignment -------------------------------------------------------------------------
     def on_aligned(self, aligned_ids: np.ndarray) -> None:
@@ -100,6 +139,7 @@ class TrainingParty(PSIParticipant):
     def _setup_common(self, config: TrainConfig, slices: dict | None = None) -> None:
         if self.aligned_ids is None:
             raise ProtocolError(f"{self.name!r} cannot set up training before alignment")
+        self.policy.check(config, self.name)
         self.config = config
         aligned = self.table.rows(self.aligned_ids)
         test = split_test(aligned.ids, config.seed, config.test_fraction)
@@ -133,8 +173,10 @@ class TrainingParty(PSIParticipant):
                 config.batch_size,
                 plan.epochs_per_slice or config.epochs,
             )
-        self.x_train = self.scaler.transform(self.train_rows.features).astype(np.float32)
-        if config.protocol == "paillier":
+        # Every protocol trains on the same fixed-point grid (clipped, 2^-20), so plain and
+        # encrypted runs see identical inputs.
+        self.x_train = quantize_features(self.scaler.transform(self.train_rows.features))
+        if config.protocol == MASKED:
             n, b = len(self.train_rows.ids), config.batch_size
             if (
                 n < MIN_ENCRYPTED_BATCH
@@ -142,15 +184,19 @@ class TrainingParty(PSIParticipant):
                 or (b < MIN_ENCRYPTED_BATCH)
             ):
                 raise ConfigError(
-                    f"the paillier protocol needs every batch to have at least "
+                    f"the {MASKED} protocol needs every batch to have at least "
                     f"{MIN_ENCRYPTED_BATCH} rows (a passive party learns each batch's aggregate "
                     f"gradient); {n} training rows in batches of {b} leave a last batch of "
                     f"{n % b}. Choose another batch_size."
                 )
         self.key = party_key(config.seed, self.name)
-        self.tx = make_optimizer(config.optimizer, config.learning_rate, config.weight_decay)
+        self.tx = make_optimizer(self._optimizer_name(config), config.learning_rate,
+                                 config.weight_decay)
         self.completed_round = -1
         self.reset_rounds(None)
+
+    def _optimizer_name(self, config: TrainConfig) -> str:
+        return config.optimizer
 
     def setup_ids(self) -> tuple[str, ...]:
         """Party-local: the ids whose rows influenced setup (the scaler's fit)."""
@@ -182,7 +228,7 @@ class TrainingParty(PSIParticipant):
         else:
             source = self._scoring if self._scoring is not None else self.table
             rows = source.rows(list(payload["ids"]))
-        return rows.ids, self.scaler.transform(rows.features).astype(np.float32)
+        return rows.ids, quantize_features(self.scaler.transform(rows.features))
 
     def embedding_spread(self) -> float:
         """Local diagnostic: standard deviation of this party's embedding on its training
@@ -242,53 +288,104 @@ class TrainingParty(PSIParticipant):
 class PassiveParty(TrainingParty):
     """A feature holder without labels (the lab, the pharmacy)."""
 
-    def __init__(self, name: str, table: PartyTable):
+    def __init__(self, name: str, table: PartyTable, *, policy: SecurityPolicy | None = None):
         if table.has_labels:
             raise LabelAtPassivePartyError(
                 f"passive party {name!r} was given the label column {table.label_name!r}. "
                 "Only the active party may hold labels: drop the column from this table "
                 "(table.without_labels()) or make this party the active one."
             )
-        super().__init__(name, table)
+        super().__init__(name, table, policy=policy)
+
+    def _optimizer_name(self, config: TrainConfig) -> str:
+        return config.passive_optimizer_name
+
+    def _width(self) -> int:
+        return self.config.model.embedding_width(self.config.task.n_outputs)
 
     @handles("train.setup")
     def on_setup(self, msg: Message) -> list[Message]:
+        self._expect(msg, COORDINATOR)
         config = TrainConfig.from_json(msg.payload["config"])
         self._setup_common(config, msg.payload.get("slices"))
         self.active = msg.payload["active"]
         module = make_bottom(config.model, self.table.n_features, config.task.n_outputs, self.key)
         self.bottom = ModelHandle(module)
+        self._pending: tuple[int, np.ndarray, np.ndarray, int] | None = None
+        self._sealer = None
+        self.source: EncryptedSourceLayer | None = None
+        ready = self._ready_payload()
+        if config.protocol == "paillier":
+            # The source layer is held jointly: a plaintext share here, the rest as
+            # ciphertexts under the active party's key. No optimizer state lives here: the
+            # active party runs it on dual coefficients (vfl.source_layer).
+            public_key = self._public_key(msg.payload.get("public_key"), config)
+            form = choose_form(config.source_form, len(self.train_rows.ids), self.x_train.shape[1])
+            self.source = EncryptedSourceLayer(
+                public_key, feature_ints(self.x_train), self._width(), form
+            )
+            self.source.initialize(np.asarray(self.bottom.params["linear"]["kernel"][...]))
+            self.params, self.opt_state = None, ()
+            ready["layout"] = {"form": form}
+            return [self.send(COORDINATOR, "train.ready", Label.PUBLIC, ready)]
         self.params = self.bottom.params
         self.opt_state = self.tx.init(self.params)
         c = config
-        fns = bottom_functions(self.bottom.graphdef, c.optimizer, c.learning_rate, c.weight_decay)
+        fns = bottom_functions(
+            self.bottom.graphdef, c.passive_optimizer_name, c.learning_rate, c.weight_decay
+        )
         self._forward, self._backward = fns.forward, fns.backward
-        self._pending: tuple[int, np.ndarray, np.ndarray, int] | None = None
-        self._sealer = None
-        if config.protocol == "paillier":
+        if config.protocol == MASKED:
+            n_params = sum(int(np.size(x)) for x in jax.tree.leaves(self.params))
+            invertible = n_params >= config.batch_size * self._width()
+            if invertible and not self.policy.allow_invertible_masked_gradient:
+                raise InvertibleConfigurationError(
+                    f"under {MASKED} {self.name!r} would learn its batch-aggregate gradient "
+                    f"J^T delta with {n_params} parameters >= batch rows x width = "
+                    f"{config.batch_size} x {self._width()}: least squares returns every "
+                    "per-sample gradient (and so the labels). Use protocol='paillier', "
+                    "where no passive sees a gradient"
+                )
             # The plaintext Jacobian of the bottom model on the party's own rows; the
             # encrypted product J^T [[delta]] is done by the Paillier engine.
             self._jacobian, self._step_with = fns.jacobian, fns.step_with
-            self._sealer = PassiveSealer(
-                msg.payload["public_key"], insecure_test_key=config.insecure_test_key
-            )
+            self._sealer = PassiveSealer(self._public_key(msg.payload.get("public_key"), config))
             self._pending_mask = None
             self.learned_aggregates: dict[int, np.ndarray] = {}
-        return [
-            self.send(
-                COORDINATOR,
-                "train.ready",
-                Label.PUBLIC,
-                self._ready_payload(),
-            )
-        ]
+            self._round_inputs: dict[int, tuple] = {}
+            ready["layout"] = {"params": n_params}
+        return [self.send(COORDINATOR, "train.ready", Label.PUBLIC, ready)]
+
+    def _public_key(self, data, config: TrainConfig) -> PublicKey:
+        """The active party's key, accepted only at the length this party's own policy
+        allows (never because the wire config says insecure_test_key)."""
+        if not isinstance(data, bytes | bytearray):
+            raise ProtocolError(f"{self.name!r} got no public key in train.setup")
+        key = PublicKey.from_bytes(
+            bytes(data), insecure_test_key=self.policy.allow_insecure_test_key
+        )
+        self.policy.check_key_bits(key.key_bits, self.name)
+        return key
 
     @handles("train.forward")
     def on_forward(self, msg: Message) -> list[Message]:
+        self._expect(msg, COORDINATOR)
         r = msg.round
         pos, x, mask, digest = self._batch(r)
-        h = np.asarray(self._forward(self.params, x))[: len(pos)]
         self._pending = (r, x, mask, len(pos))
+        if self.source is not None:
+            packed = self.source.embed(feature_ints(x[: len(pos)]))
+            return [
+                self.send(
+                    self.active,
+                    "train.enc_embedding",
+                    Label.PLAINTEXT_BY_DESIGN,  # the active party decrypts it: the embedding
+                    {"ct": packed.to_bytes(), "batch_digest": digest},
+                    round=r,
+                    label_dependent=True,  # W was trained on labels; the active holds them
+                )
+            ]
+        h = np.asarray(self._forward(self.params, x))[: len(pos)]
         return [
             self.send(
                 self.active,
@@ -299,15 +396,45 @@ class PassiveParty(TrainingParty):
             )
         ]
 
-    @handles("train.cut_gradient")
-    def on_cut_gradient(self, msg: Message) -> list[Message]:
+    def _pending_for(self, msg: Message):
         if self._pending is None or self._pending[0] != msg.round:
             raise ProtocolError(
-                f"{self.name!r} got a gradient for round {msg.round} without a forward pass"
+                f"{self.name!r} got {msg.kind!r} for round {msg.round} without a forward pass"
             )
-        r, x, mask, n_real = self._pending
+        return self._pending
+
+    def _finish_round(self, r: int) -> list[Message]:
+        self._pending = None
+        self.completed_round = r
+        return [self.send(COORDINATOR, "train.ack", Label.PUBLIC, {}, round=r)]
+
+    @handles("train.enc_update")
+    def on_enc_update(self, msg: Message) -> list[Message]:
+        """``[[dP]]`` in; the source layer is updated under encryption; nothing decrypted."""
+        self._expect(msg, self.active)
+        if self.source is None:
+            raise ProtocolError(f"{self.name!r} is not running the paillier protocol")
+        r, _, _, n_real = self._pending_for(msg)
+        c = self.config
+        if update_rows_everywhere(c.passive_optimizer_name, c.weight_decay):
+            positions = np.arange(len(self.train_rows.ids))
+        else:
+            positions = self.schedule.positions(r)
+        enc = EncryptedArray.from_bytes(msg.payload["ct"], self.source.public_key)
+        self.source.apply_update(positions, enc)
+        return self._finish_round(r)
+
+    @handles("train.cut_gradient")
+    def on_cut_gradient(self, msg: Message) -> list[Message]:
+        self._expect(msg, self.active)
+        if self.config.protocol != "plain":
+            raise ProtocolError(
+                f"{self.name!r} runs {self.config.protocol!r}: plaintext cut-layer gradients "
+                "are refused"
+            )
+        r, x, mask, n_real = self._pending_for(msg)
         g = np.asarray(msg.payload["g"], dtype=np.float32)
-        width = self.config.model.embedding_width(self.config.task.n_outputs)
+        width = self._width()
         if g.shape != (n_real, width):
             raise PayloadShapeError(
                 f"{self.name!r} expected a cut-layer gradient of shape {(n_real, width)} from "
@@ -318,30 +445,33 @@ class PassiveParty(TrainingParty):
             raise PayloadShapeError(f"gradient from {msg.sender!r} in round {r} is not finite")
         padded = np.zeros((len(mask), width), dtype=np.float32)
         padded[:n_real] = g
-        self.params, self.opt_state = self._backward(self.params, self.opt_state, x, padded)
-        self._pending = None
-        self.completed_round = r
-        return [self.send(COORDINATOR, "train.ack", Label.PUBLIC, {}, round=r)]
+        params, opt_state = self._backward(self.params, self.opt_state, x, padded)
+        self._check_finite(params, r)
+        self.params, self.opt_state = params, opt_state
+        return self._finish_round(r)
 
-    def _pending_for(self, msg: Message):
-        if self._pending is None or self._pending[0] != msg.round:
-            raise ProtocolError(
-                f"{self.name!r} got {msg.kind!r} for round {msg.round} without a forward pass"
+    def _check_finite(self, params, r: int) -> None:
+        if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params)):
+            raise PayloadShapeError(
+                f"the update of round {r} would make {self.name!r}'s parameters non-finite; "
+                "the round is rejected and no parameter changed (lower the learning rate)"
             )
-        return self._pending
 
     @handles("train.enc_cut_gradient")
     def on_enc_cut_gradient(self, msg: Message) -> list[Message]:
-        """[[delta]] in; [[J^T delta + R]] out. Nothing here is plaintext and label-dependent."""
+        """[[delta]] in; [[J^T delta + R]] out (``paillier-masked-gradient``)."""
+        self._expect(msg, self.active)
         if self._sealer is None:
-            raise ProtocolError(f"{self.name!r} is not running the paillier protocol")
+            raise ProtocolError(f"{self.name!r} is not running the {MASKED} protocol")
         r, x, _, n_real = self._pending_for(msg)
-        width = self.config.model.embedding_width(self.config.task.n_outputs)
+        width = self._width()
         enc_delta = self._sealer.parse_delta(msg.payload["ct"], n_real, width)
         jac = np.asarray(self._jacobian(self.params, x), dtype=np.float64)
         jac = jac.reshape(len(x), width, -1)[:n_real].reshape(n_real * width, -1)
         packed, pending = self._sealer.masked_gradient(jac.T, enc_delta)
         self._pending_mask = (r, pending)
+        # Party-local: what this party knows about its own round (for the leakage audit).
+        self._round_inputs[r] = (x, self.params, n_real)
         return [
             self.send(
                 self.active,
@@ -356,25 +486,61 @@ class PassiveParty(TrainingParty):
     @handles("train.masked_gradient_plain")
     def on_masked_gradient_plain(self, msg: Message) -> list[Message]:
         """g + R in, R removed here: the aggregate batch gradient, then the party's own step."""
+        self._expect(msg, self.active)
         r, _, _, _ = self._pending_for(msg)
-        if self._pending_mask is None or self._pending_mask[0] != r:
+        if self._sealer is None or self._pending_mask is None or self._pending_mask[0] != r:
             raise ProtocolError(f"{self.name!r} has no mask for round {r}")
         grads = PassiveSealer.unmask(list(msg.payload["values"]), self._pending_mask[1])
         if not np.isfinite(grads).all():
             raise PayloadShapeError(f"unmasked gradient of round {r} is not finite")
-        self.params, self.opt_state = self._step_with(
+        params, opt_state = self._step_with(
             self.params, self.opt_state, jnp.asarray(grads, dtype=jnp.float32)
         )
+        self._check_finite(params, r)
+        self.params, self.opt_state = params, opt_state
         # Party-local record of the one label-dependent plaintext this party learns (its
         # batch-aggregate gradient), so the leakage audit can attack exactly that.
         self.learned_aggregates[r] = grads
-        self._pending, self._pending_mask = None, None
-        self.completed_round = r
-        return [self.send(COORDINATOR, "train.ack", Label.PUBLIC, {}, round=r)]
+        self._pending_mask = None
+        return self._finish_round(r)
+
+    def inversion_observations(self):
+        """What this party can attack with, from its own knowledge: per round of
+        ``paillier-masked-gradient``, its batch ids, its Jacobian transposed (it computed it)
+        and the aggregate gradient it unmasked (``(ids, J^T, g)``)."""
+        for r, g in sorted(getattr(self, "learned_aggregates", {}).items()):
+            x, params, n_real = self._round_inputs[r]
+            jac = np.asarray(self._jacobian(params, x), dtype=np.float64)
+            jac = jac.reshape(len(x), self._width(), -1)[:n_real].reshape(
+                n_real * self._width(), -1
+            )
+            yield self.schedule.round_ids(r), jac.T, g
 
     @handles("predict.forward")
     def on_predict(self, msg: Message) -> list[Message]:
+        self._expect(msg, COORDINATOR)
+        if self.source is not None and "ids" in msg.payload and self._scoring is None:
+            # The jointly held model scores aligned real rows only: the active party could
+            # otherwise ask for rows of its choosing.
+            aligned = set(str(i) for i in self.aligned_ids)
+            unknown = [i for i in msg.payload["ids"] if str(i) not in aligned]
+            if unknown:
+                raise ProtocolError(
+                    f"{self.name!r} scores only aligned rows under paillier; "
+                    f"{len(unknown)} requested ids are not in the intersection"
+                )
         ids, x = self._scoring_features(msg.payload)
+        if self.source is not None:
+            packed = self.source.embed(feature_ints(x))
+            return [
+                self.send(
+                    self.active,
+                    "predict.enc_embedding",
+                    Label.PLAINTEXT_BY_DESIGN,
+                    {"ct": packed.to_bytes(), "ids_digest": ids_digest(ids)},
+                    label_dependent=True,
+                )
+            ]
         h = np.asarray(self._forward(self.params, pad_rows(x)))[: len(x)]
         return [
             self.send(
@@ -385,10 +551,32 @@ class PassiveParty(TrainingParty):
             )
         ]
 
+    def embedding_spread(self) -> float:
+        if self.source is not None:
+            raise ProtocolError(
+                f"{self.name!r} holds its source layer encrypted under paillier; its "
+                "embeddings are visible only to the active party"
+            )
+        return super().embedding_spread()
+
     def _export_params(self) -> dict:
+        if self.source is not None:
+            return {"source": self.source.export()}
         return self.bottom.export(self.params)
 
     def _load_params(self, pure: dict):
+        if self.source is not None:
+            tree = pure["source"]
+            key = PublicKey.from_bytes(
+                bytes(tree["public_key"]), insecure_test_key=self.policy.allow_insecure_test_key
+            )
+            self.policy.check_key_bits(key.key_bits, self.name)
+            if key != self.source.public_key:
+                self.source = EncryptedSourceLayer(
+                    key, self.source.x_train, self.source.width, self.source.form
+                )
+            self.source.load(tree)
+            return None
         return self.bottom.load(pure)
 
     def _clear_round_state(self) -> None:
@@ -400,8 +588,10 @@ class PassiveParty(TrainingParty):
 class ActiveParty(TrainingParty):
     """The label holder (the hospital): its own bottom model plus the top model."""
 
-    def __init__(self, name: str, table: PartyTable):
-        super().__init__(name, table)
+    def __init__(self, name: str, table: PartyTable, *, policy: SecurityPolicy | None = None):
+        super().__init__(name, table, policy=policy)
+        self.record_view = False  # set by an auditor in simulations
+        self.embedding_log: dict[str, list] = {}
         if not table.has_labels:
             raise ProtocolError(
                 f"active party {name!r} needs the label column; build its table with "
@@ -410,6 +600,7 @@ class ActiveParty(TrainingParty):
 
     @handles("train.setup")
     def on_setup(self, msg: Message) -> list[Message]:
+        self._expect(msg, COORDINATOR)
         config = TrainConfig.from_json(msg.payload["config"])
         self._setup_common(config, msg.payload.get("slices"))
         task = config.task
@@ -435,44 +626,124 @@ class ActiveParty(TrainingParty):
         self._step, self._predict = fns.step, fns.predict
         self._inbox: dict[str, np.ndarray] = {}
         self._inbox_round: int | None = None
-        self._predict_inbox: dict[str, np.ndarray] = {}
+        self._predict_inbox: dict[str, tuple] = {}
         ready = self._ready_payload()
         self._keyring = None
-        if config.protocol == "paillier":
+        self._duals: dict[str, DualCoefficients] = {}
+        self._layouts: dict[str, dict] | None = None
+        if config.protocol in ("paillier", MASKED):
+            self.policy.check_key_bits(config.key_bits, self.name)
+            # A short key needs both the run's config and this party's own policy to say so.
             self._keyring = ActiveKeyring(
-                config.key_bits, insecure_test_key=config.insecure_test_key
+                config.key_bits,
+                insecure_test_key=config.insecure_test_key
+                and self.policy.allow_insecure_test_key,
             )
             self._terms: dict[tuple[int, str], int] = {}
             ready["public_key"] = self._keyring.public_key_bytes()
+        if config.protocol == "paillier":
+            self._make_duals()
         return [self.send(COORDINATOR, "train.ready", Label.PUBLIC, ready)]
+
+    def _make_duals(self) -> None:
+        c = self.config
+        tx = make_optimizer(c.passive_optimizer_name, c.learning_rate, c.weight_decay)
+        everywhere = update_rows_everywhere(c.passive_optimizer_name, c.weight_decay)
+        n = len(self.train_rows.ids)
+        self._duals = {
+            p: DualCoefficients(n, self._width(), tx, everywhere=everywhere)
+            for p in self.passives
+        }
+
+    @handles("train.layout")
+    def on_layout(self, msg: Message) -> list[Message]:
+        """Public control from the coordinator, once, at setup: per passive, what this party
+        will decrypt from it (paillier: the storage form, which fixes the embedding's scale
+        and slot layout; masked gradient: the gradient's length)."""
+        self._expect(msg, COORDINATOR)
+        protocol = self.config.protocol if self.config is not None else None
+        if protocol not in ("paillier", MASKED):
+            raise ProtocolError("a decryption layout is only part of the encrypted protocols")
+        if self._layouts is not None:
+            raise ProtocolError("the decryption layout was already fixed at setup")
+        layouts = {p: dict(v) for p, v in dict(msg.payload["passives"]).items()}
+        if set(layouts) != set(self.passives):
+            raise ProtocolError(f"layout for {sorted(layouts)} but passives are {self.passives}")
+        width = self._width()
+        for p, lay in layouts.items():
+            if protocol == "paillier" and lay.get("form") not in ("primal", "dual"):
+                raise ProtocolError(f"no valid source form for {p!r}: {lay}")
+            if protocol == MASKED:
+                n = lay.get("params")
+                if not isinstance(n, int) or n < 1:
+                    raise ProtocolError(f"no valid gradient length for {p!r}: {lay}")
+                invertible = n >= self.config.batch_size * width
+                if invertible and not self.policy.allow_invertible_masked_gradient:
+                    raise InvertibleConfigurationError(
+                        f"{p!r} has {n} parameters >= batch rows x width = "
+                        f"{self.config.batch_size} x {width}: under {MASKED} it could invert "
+                        "its aggregate gradient into per-sample gradients. Use "
+                        "protocol='paillier'"
+                    )
+        self._layouts = layouts
+        return []
 
     def _width(self) -> int:
         return self.config.model.embedding_width(self.config.task.n_outputs)
 
-    @handles("train.embedding")
-    def on_embedding(self, msg: Message) -> list[Message]:
+    def _check_batch(self, msg: Message):
         r = msg.round
-        if msg.sender not in self.passives:
-            raise ProtocolError(f"{msg.sender!r} is not a passive party of this training run")
+        self._expect(msg, *self.passives)
         pos, _, _, digest = self._batch(r)
         if msg.payload["batch_digest"] != digest:
             raise ProtocolError(
                 f"{msg.sender!r} used different rows in round {r}; the parties' aligned ids "
                 "or seeds disagree. Re-run alignment and setup."
             )
-        h = np.asarray(msg.payload["h"], dtype=np.float32)
-        if h.shape != (len(pos), self._width()):
-            raise PayloadShapeError(
-                f"embedding from {msg.sender!r} in round {r} has shape {h.shape}, expected "
-                f"{(len(pos), self._width())}; the round is rejected"
-            )
+        return pos
+
+    def _store_embedding(self, msg: Message, h: np.ndarray) -> list[Message]:
+        r = msg.round
         if self._inbox_round != r:
             self._inbox, self._inbox_round = {}, r
         self._inbox[msg.sender] = h
         return []
 
+    @handles("train.embedding")
+    def on_embedding(self, msg: Message) -> list[Message]:
+        pos = self._check_batch(msg)
+        if self.config.protocol == "paillier":
+            raise ProtocolError(
+                f"under 'paillier' embeddings arrive encrypted; a plaintext embedding from "
+                f"{msg.sender!r} is refused"
+            )
+        h = np.asarray(msg.payload["h"], dtype=np.float32)
+        if h.shape != (len(pos), self._width()):
+            raise PayloadShapeError(
+                f"embedding from {msg.sender!r} in round {msg.round} has shape {h.shape}, "
+                f"expected {(len(pos), self._width())}; the round is rejected"
+            )
+        return self._store_embedding(msg, h)
+
+    def _decrypt_embedding(self, sender: str, data, rows: int) -> np.ndarray:
+        if self._layouts is None:
+            raise ProtocolError("the passives' source forms were not fixed at setup")
+        return decrypt_embedding(
+            self._keyring.private_key, data, rows, self._width(), self._layouts[sender]["form"]
+        )
+
+    @handles("train.enc_embedding")
+    def on_enc_embedding(self, msg: Message) -> list[Message]:
+        pos = self._check_batch(msg)
+        if self.config.protocol != "paillier":
+            raise ProtocolError(f"{msg.kind!r} is part of the paillier protocol only")
+        return self._store_embedding(
+            msg, self._decrypt_embedding(msg.sender, msg.payload["ct"], len(pos))
+        )
+
     @handles("train.step")
     def on_step(self, msg: Message) -> list[Message]:
+        self._expect(msg, COORDINATOR)
         r = msg.round
         missing = [p for p in self.passives if self._inbox_round != r or p not in self._inbox]
         if missing:
@@ -486,13 +757,15 @@ class ActiveParty(TrainingParty):
             h = np.zeros((b, self._width()), dtype=np.float32)
             h[: len(pos)] = self._inbox[p]
             hs.append(h)
-        self.params, self.opt_state, loss, g_hs = self._step(
-            self.params, self.opt_state, x, y, mask, hs
-        )
-        self._inbox, self._inbox_round = {}, None
-        self.completed_round = r
+        params, opt_state, loss, g_hs = self._step(self.params, self.opt_state, x, y, mask, hs)
         deltas = [np.asarray(g)[: len(pos)] for g in g_hs]
-        if self._keyring is None:
+        if self.record_view:
+            # Party-local record of what this party saw of each passive (the audit's Gram
+            # recovery attack runs on exactly this, plus its own deltas).
+            for p, d in zip(self.passives, deltas):
+                self.embedding_log.setdefault(p, []).append((r, pos, self._inbox[p], d))
+        protocol = self.config.protocol
+        if protocol == "plain":
             out = [
                 self.send(
                     p,
@@ -504,8 +777,13 @@ class ActiveParty(TrainingParty):
                 )
                 for p, d in zip(self.passives, deltas)
             ]
+        elif protocol == "paillier":
+            out = self._encrypted_updates(r, pos, deltas)
         else:
             out = self._encrypted_deltas(r, deltas)
+        self.params, self.opt_state = params, opt_state
+        self._inbox, self._inbox_round = {}, None
+        self.completed_round = r
         out.append(
             self.send(
                 COORDINATOR,
@@ -516,6 +794,20 @@ class ActiveParty(TrainingParty):
                 label_dependent=True,
             )
         )
+        return out
+
+    def _encrypted_updates(self, r: int, pos, deltas: list[np.ndarray]) -> list[Message]:
+        """The passives' optimizer step in dual coordinates, sent as ``[[dP]]``."""
+        out = []
+        for p, d in zip(self.passives, deltas):
+            _, diff = self._duals[p].step(pos, d)
+            ct = encrypt_update(self._keyring.public_key, diff, self._keyring.randomness)
+            out.append(
+                self.send(
+                    p, "train.enc_update", Label.CIPHERTEXT, {"ct": ct}, round=r,
+                    label_dependent=True,
+                )
+            )
         return out
 
     def _encrypted_deltas(self, r: int, deltas: list[np.ndarray]) -> list[Message]:
@@ -543,8 +835,9 @@ class ActiveParty(TrainingParty):
     @handles("train.masked_gradient")
     def on_masked_gradient(self, msg: Message) -> list[Message]:
         """Decrypt a passive's masked aggregate; what the active learns is g + R."""
+        self._expect(msg, *self.passives)
         terms = self._terms.get((msg.round, msg.sender)) if self._keyring else None
-        if terms is None:
+        if terms is None or self.config.protocol != MASKED:
             raise ProtocolError(
                 f"unexpected masked gradient from {msg.sender!r} for round {msg.round}"
             )
@@ -552,7 +845,15 @@ class ActiveParty(TrainingParty):
             raise PayloadShapeError(
                 f"{msg.sender!r} summed {msg.payload.get('terms')} terms, expected {terms}"
             )
-        values = self._keyring.decrypt_masked(msg.payload["ct"], int(msg.payload["count"]), terms)
+        # The count is fixed at setup (the passive's parameter count), never taken from the
+        # message: a passive cannot have more values decrypted than its gradient has.
+        count = self._layouts[msg.sender]["params"]
+        if int(msg.payload["count"]) != count:
+            raise PayloadShapeError(
+                f"{msg.sender!r} asked to decrypt {msg.payload['count']} values; the layout "
+                f"fixed at setup is {count} gradient values. The round is rejected"
+            )
+        values = self._keyring.decrypt_masked(msg.payload["ct"], count, terms)
         del self._terms[(msg.round, msg.sender)]
         return [
             self.send(
@@ -567,10 +868,22 @@ class ActiveParty(TrainingParty):
 
     @handles("predict.embedding")
     def on_predict_embedding(self, msg: Message) -> list[Message]:
+        self._expect(msg, *self.passives)
+        if self.config.protocol == "paillier":
+            raise ProtocolError("under 'paillier' embeddings arrive encrypted")
         self._predict_inbox[msg.sender] = (
             np.asarray(msg.payload["h"], dtype=np.float32),
             msg.payload["ids_digest"],
         )
+        return []
+
+    @handles("predict.enc_embedding")
+    def on_predict_enc_embedding(self, msg: Message) -> list[Message]:
+        self._expect(msg, *self.passives)
+        if self.config.protocol != "paillier":
+            raise ProtocolError(f"{msg.kind!r} is part of the paillier protocol only")
+        # Decrypted in _scores, once the number of rows being scored is known here.
+        self._predict_inbox[msg.sender] = (bytes(msg.payload["ct"]), msg.payload["ids_digest"])
         return []
 
     def _scores(self, payload) -> tuple[np.ndarray, np.ndarray]:
@@ -580,7 +893,14 @@ class ActiveParty(TrainingParty):
             if p not in self._predict_inbox:
                 raise ProtocolError(f"no prediction embedding from {p!r}")
             h, digest = self._predict_inbox.pop(p)
-            if digest != ids_digest(ids) or h.shape != (len(ids), self._width()):
+            if digest != ids_digest(ids):
+                raise PayloadShapeError(
+                    f"prediction embedding from {p!r} does not match the {len(ids)} rows "
+                    "being scored"
+                )
+            if isinstance(h, bytes):
+                h = self._decrypt_embedding(p, h, len(ids))
+            if h.shape != (len(ids), self._width()):
                 raise PayloadShapeError(
                     f"prediction embedding from {p!r} does not match the {len(ids)} rows "
                     "being scored"
@@ -591,6 +911,7 @@ class ActiveParty(TrainingParty):
 
     @handles("predict.run")
     def on_predict_run(self, msg: Message) -> list[Message]:
+        self._expect(msg, COORDINATOR)
         ids, scores = self._scores(msg.payload)
         return [
             self.send(
@@ -605,6 +926,7 @@ class ActiveParty(TrainingParty):
     @handles("eval.run")
     def on_eval(self, msg: Message) -> list[Message]:
         """Metrics on a split, computed where the labels are; only aggregates leave."""
+        self._expect(msg, COORDINATOR)
         ids, scores = self._scores(msg.payload)
         rows = self.test_rows if msg.payload.get("split") == "test" else self.train_rows
         labels = self.config.task.check_labels(rows.labels)
@@ -623,16 +945,33 @@ class ActiveParty(TrainingParty):
             )
         ]
 
+    # -- checkpoint (party-local) ----------------------------------------------------------
     def _export_params(self) -> dict:
-        return {
+        out = {
             "bottom": self.bottom.export(self.params[0]),
             "top": self.top.export(self.params[1]),
         }
+        if self._duals:
+            # Label data and the private key: this checkpoint stays on the active's disk.
+            out["dual"] = {p: d.export() for p, d in self._duals.items()}
+            out["key"] = private_key_to_tree(self._keyring.private_key)
+        return out
 
     def _load_params(self, pure: dict):
+        if self._duals:
+            if "dual" not in pure or "key" not in pure:
+                raise CheckpointError("the checkpoint holds no paillier source-layer state")
+            for p, d in self._duals.items():
+                d.load(pure["dual"][p])
+            sk = private_key_from_tree(
+                pure["key"], insecure_test_key=self.policy.allow_insecure_test_key
+            )
+            if sk.public_key != self._keyring.public_key:
+                self._keyring = ActiveKeyring.from_private_key(sk)
         return (self.bottom.load(pure["bottom"]), self.top.load(pure["top"]))
 
     def _clear_round_state(self) -> None:
         self._inbox, self._inbox_round = {}, None
+        self._predict_inbox = {}
         if self._keyring is not None:
             self._terms = {}

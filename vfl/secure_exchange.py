@@ -83,13 +83,30 @@ class ActiveKeyring:
     """The active party's Paillier key pair: it encrypts cut-layer gradients under its own
     key and decrypts the passives' masked aggregates. The private key never leaves it."""
 
-    def __init__(self, key_bits: int = 2048, *, insecure_test_key: bool = False):
-        self.public_key, self._private_key = generate_keypair(
-            key_bits, insecure_test_key=insecure_test_key
+    def __init__(self, key_bits: int = 2048, *, insecure_test_key: bool = False,
+                 private_key: PrivateKey | None = None):
+        if private_key is None:
+            self.public_key, self._private_key = generate_keypair(
+                key_bits, insecure_test_key=insecure_test_key
+            )
+        else:
+            self.public_key, self._private_key = private_key.public_key, private_key
+        # The key holder's own encryptions use DJN fixed-base obfuscators, computed mod p^2
+        # and q^2 (CRT): 0.7 ms instead of 3.5 ms for a uniform r^n. The subgroup structure
+        # of DJN's h only helps someone who knows p and q, i.e. this party itself; a party
+        # re-randomizing under *another* party's key always uses uniform r^n.
+        self._randomness = RandomnessPool(
+            self.public_key, private_key=self._private_key, method="djn"
         )
-        # The key holder computes r^n mod p^2 and mod q^2 separately (CRT): same values,
-        # about 3x cheaper than working mod n^2.
-        self._randomness = RandomnessPool(self.public_key, private_key=self._private_key)
+
+    @classmethod
+    def from_private_key(cls, private_key: PrivateKey) -> ActiveKeyring:
+        """The key pair restored from the party's own checkpoint."""
+        return cls(private_key=private_key)
+
+    @property
+    def randomness(self) -> RandomnessPool:  # party-local use only
+        return self._randomness
 
     @property
     def private_key(self) -> PrivateKey:  # party-local use only
@@ -128,10 +145,10 @@ class PendingMask:
 class PassiveSealer:
     """A passive party's side: encrypted ``J^T [[delta]]``, masking and unmasking."""
 
-    def __init__(self, public_key_bytes: bytes, *, insecure_test_key: bool = False):
-        self.public_key = PublicKey.from_bytes(
-            public_key_bytes, insecure_test_key=insecure_test_key
-        )
+    def __init__(self, public_key: PublicKey | bytes, *, insecure_test_key: bool = False):
+        if not isinstance(public_key, PublicKey):
+            public_key = PublicKey.from_bytes(public_key, insecure_test_key=insecure_test_key)
+        self.public_key = public_key
         self._randomness = RandomnessPool(self.public_key)
 
     def parse_delta(self, data: bytes, rows: int, width: int) -> EncryptedArray:

@@ -117,6 +117,11 @@ class SplitTrainer:
             self.phase_starts = list(starts)
         if self.n_train == 0:
             raise ProtocolError("no training rows after the split; lower test_fraction")
+        layouts = {m.sender: m.payload["layout"] for m in replies if "layout" in m.payload}
+        if layouts:
+            # Public control: what the key holder will decrypt from each passive, fixed
+            # once at setup (it refuses anything else later).
+            c.exchange([c.request(fed.active, "train.layout", {"passives": layouts})])
         self._setup_done = True
 
     @property

@@ -5,13 +5,15 @@ Public API (everything else is internal)::
     generate_keypair(key_bits=2048, *, insecure_test_key=False) -> (PublicKey, PrivateKey)
     PublicKey.to_phe() / PublicKey.from_phe(pk) / .to_bytes() / .from_bytes(b)
     PrivateKey.to_phe() / PrivateKey.from_phe(sk)
+    PublicKey.max_int == n // 3 - 1                     # signed plaintext bound, as in phe
 
     FixedPointCodec(frac_bits=32).encode(x, public_key=None) / .decode(ints, scale_bits=None)
     check_sum_bound(max_abs, terms, pk) / check_product_bound(max_abs_M, max_abs_v, length, pk)
     draw_mask(shape, bits, *, slack_bits=40)           # secrets; >= 40 bits statistical slack
 
     EncryptedArray  .to_bytes() / .from_bytes(data, pk) / .to_phe() / .from_phe(numbers, pk)
-    RandomnessPool(pk, *, short_exponent=False).precompute(k)
+    RandomnessPool(pk, *, private_key=None, pool=None).precompute(k)  # uniform r^n
+    RandomnessPool(pk, method="djn", short_exponent=False)  # opt-in, own key only
 
     encrypt_array(pk, ints, *, scale_bits=0, randomness=None, pool=None) -> EncryptedArray
     decrypt_array(sk, enc, *, pool=None) -> object array of signed ints

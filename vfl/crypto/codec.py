@@ -12,9 +12,10 @@ Signed integers and the plaintext space
 ---------------------------------------
 Plaintexts live in ``Z_n``. A signed integer ``v`` is stored as the residue ``v mod n``
 (negative values as ``n - |v|``). Decoding uses the convention of python-paillier: with
-``max_int = n // 3``, residues ``<= max_int`` are non-negative, residues ``>= n - max_int``
-are negative, and the band in between can only be reached by an overflow, which is reported
-as :class:`FixedPointOverflowError` instead of returning garbage. Because a sum or product
+``max_int = n // 3 - 1`` (exactly phe's value), residues ``<= max_int`` are non-negative,
+residues ``>= n - max_int`` are negative, and the band in between can only be reached by an
+overflow, which is reported as :class:`FixedPointOverflowError` instead of returning
+garbage. Because a sum or product
 that wraps around ``n`` is undetectable in general, :func:`check_sum_bound` and
 :func:`check_product_bound` check a bound *before* the homomorphic computation runs.
 
@@ -84,7 +85,7 @@ def check_fits(ints: np.ndarray, public_key, what: str = "value") -> None:
     if m > public_key.max_int:
         raise FixedPointOverflowError(
             f"a {what} of magnitude 2^{m.bit_length()} does not fit the signed plaintext space "
-            f"(|v| <= n//3, about 2^{int(public_key.max_int.bit_length())}); use fewer "
+            f"(|v| <= n//3 - 1, about 2^{int(public_key.max_int.bit_length())}); use fewer "
             "fractional bits, clip the tensor, or a longer key"
         )
 
@@ -119,7 +120,7 @@ def to_residues(ints, public_key) -> np.ndarray:
 
 
 def from_residues(residues, public_key) -> np.ndarray:
-    """Residues mod n -> signed integers, with the ``max_int = n // 3`` convention.
+    """Residues mod n -> signed integers, with phe's ``max_int = n // 3 - 1`` convention.
 
     Raises :class:`FixedPointOverflowError` for residues in the overflow band.
     """
@@ -136,7 +137,7 @@ def from_residues(residues, public_key) -> np.ndarray:
         else:
             raise FixedPointOverflowError(
                 f"decrypted value {i} lies in the overflow band of the plaintext space: a sum "
-                "or product exceeded n//3; check bounds with check_product_bound beforehand "
+                "or product exceeded n//3 - 1; check bounds with check_product_bound beforehand "
                 "and use fewer fractional bits"
             )
     return out

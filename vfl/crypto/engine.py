@@ -6,8 +6,10 @@ ints, or numpy integer arrays); real tensors go through :class:`FixedPointCodec`
 Costs at 2048 bits (one core, gmpy2): a modular multiplication mod ``n^2`` is ~6 us.
 
 * ``encrypt_array``: ``(1 + m*n) * r^n``; the ``1 + m*n`` needs no exponentiation
-  (``g = n + 1``) and ``r^n`` comes from a :class:`RandomnessPool` (fixed-base table,
-  precomputable in bulk and across processes);
+  (``g = n + 1``) and ``r^n`` comes from a :class:`RandomnessPool`: by default a uniformly
+  random ``n``-th residue, ~12 ms with the public key or ~3.5 ms for the key holder (CRT),
+  precomputable in bulk and across processes (the opt-in DJN fixed-base tables are cheaper
+  but only for the key holder's own encryptions, see :mod:`vfl.crypto.randomness`);
 * ``decrypt_array``: CRT decryption (two exponentiations modulo ``p^2`` and ``q^2``);
 * ``plain_matmul_encrypted``: ``[[M @ v]]`` by simultaneous multi-exponentiation
   (Pippenger buckets or Straus with shared joint tables, chosen by operation count);
@@ -17,7 +19,9 @@ Threat model notes: ciphertexts received from another party are validated on arr
 (:meth:`EncryptedArray.from_bytes`); before a party returns a ciphertext derived from another
 party's ciphertexts (e.g. a masked gradient) it should :func:`rerandomize` it or add a fresh
 encryption of its mask, so the decryptor cannot relate the result's randomness to the
-randomness it chose for the inputs.
+randomness it chose for the inputs. The key holder can extract and analyse the obfuscator
+of every ciphertext it decrypts, so these fresh obfuscators are the default *uniform*
+``n``-th residues (:mod:`vfl.crypto.randomness` explains why the DJN ones do not suffice).
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ DECRYPT_WORK_ITEMS = 8
 
 
 def default_randomness(public_key: PublicKey) -> RandomnessPool:
-    """The per-key full-strength :class:`RandomnessPool` used when none is passed."""
+    """The per-key :class:`RandomnessPool` used when none is passed: uniform ``n``-th
+    residues with the public key only (safe for any party, under any party's key)."""
     rp = _DEFAULT_RANDOMNESS.get(public_key.fingerprint)
     if rp is None:
         if len(_DEFAULT_RANDOMNESS) >= 4:
@@ -108,11 +113,14 @@ def encrypt_array(
     randomness: RandomnessPool | None = None,
     pool=None,
 ) -> EncryptedArray:
-    """Encrypt an integer array (signed, ``|v| <= n // 3``) into an :class:`EncryptedArray`.
+    """Encrypt an integer array (signed, ``|v| <= max_int = n // 3 - 1``) into an
+    :class:`EncryptedArray`.
 
     ``scale_bits`` records the fixed-point scale of ``values`` (``FixedPointCodec.frac_bits``).
-    ``randomness`` supplies obfuscators (default: a full-strength per-key pool); precompute
-    them with ``randomness.precompute(k)`` to take their cost off the critical path.
+    ``randomness`` supplies obfuscators (default: a per-key pool of uniform ``n``-th
+    residues); precompute them with ``randomness.precompute(k)`` to take their cost off the
+    critical path. The key holder encrypting under its own key may pass
+    ``RandomnessPool(pk, private_key=sk)`` (same distribution, CRT, ~3.4x cheaper).
     """
     pub = _check_public_key(public_key)
     ints = as_int_array(values)
@@ -169,7 +177,12 @@ def decrypt_real(private_key: PrivateKey, enc: EncryptedArray, *, pool=None) -> 
 def rerandomize(
     enc: EncryptedArray, *, randomness: RandomnessPool | None = None, pool=None
 ) -> EncryptedArray:
-    """Multiply every ciphertext by a fresh ``r^n``: same plaintexts, fresh randomness."""
+    """Multiply every ciphertext by a fresh ``r^n``: same plaintexts, fresh randomness.
+
+    The default obfuscators are uniform ``n``-th residues, so the key holder, who can strip
+    and analyse the result's randomness, learns nothing about the input's. Never pass a
+    ``method="djn"`` pool here when ``enc`` is under another party's key.
+    """
     enc = _check_enc(enc)
     rp = randomness if randomness is not None else default_randomness(enc.public_key)
     if rp.public_key != enc.public_key:
@@ -268,7 +281,7 @@ def plain_matmul_encrypted(
 
     For the vertical protocol's ``J^T [[delta]]`` pass ``M = J^T`` (parameters x samples).
     ``vector_bound`` (max ``|v_i|``, public) enables an overflow check before any work:
-    ``max_j sum_i |M_ji| * vector_bound`` must fit below ``n // 3``.
+    ``max_j sum_i |M_ji| * vector_bound`` must not exceed ``max_int = n // 3 - 1``.
     ``method``: ``"auto"`` (by operation count), ``"pippenger"``, ``"straus_shared"`` or
     ``"naive"`` (one ``powmod`` per entry, for reference). Work is split by columns across
     the process ``pool``; partial products are multiplied together.
@@ -368,7 +381,8 @@ def pack_masked(
 
     Packing first and masking the packed ciphertexts costs one encryption per *packed*
     ciphertext instead of one per value (e.g. 2 instead of 30), and the fresh encryption
-    still re-randomizes what the key holder receives. ``mask`` holds non-negative ints
+    still re-randomizes what the key holder receives (with a uniform ``n``-th residue by
+    default; a ``method="djn"`` pool must not be used here). ``mask`` holds non-negative ints
     (:func:`draw_mask`); every slot then decrypts to ``v_j + R_j`` and must fit
     ``layout.magnitude_bits``.
     """

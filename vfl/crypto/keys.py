@@ -53,9 +53,11 @@ def fingerprint_of(n: int) -> bytes:
 class PublicKey:
     """A Paillier public key ``n`` (generator ``n + 1``) with precomputed values.
 
-    ``max_int = n // 3`` is the signed plaintext bound shared with ``phe``: a residue ``x``
-    decodes to ``x`` when ``x <= max_int`` and to ``x - n`` when ``x >= n - max_int``;
-    anything in between means an overflow happened.
+    ``max_int = n // 3 - 1`` is the signed plaintext bound, exactly as python-paillier
+    defines ``PaillierPublicKey.max_int``: a residue ``x`` decodes to ``x`` when
+    ``x <= max_int`` and to ``x - n`` when ``x >= n - max_int``; anything in between (a band
+    of about ``n / 3`` residues) means an overflow happened. Both libraries therefore accept,
+    decode and reject exactly the same plaintexts.
     """
 
     n: mpz
@@ -69,7 +71,7 @@ class PublicKey:
             raise ValueError("a Paillier modulus must be an odd integer >= 3")
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "nsquare", n * n)
-        object.__setattr__(self, "max_int", n // 3)
+        object.__setattr__(self, "max_int", n // 3 - 1)  # as phe.PaillierPublicKey
         object.__setattr__(self, "fingerprint", fingerprint_of(n))
 
     @property

@@ -13,8 +13,9 @@ For values with ``|v| < 2**magnitude_bits``:
 * ``headroom_bits`` extra bits let up to ``2**headroom_bits`` packed plaintexts (or packed
   ciphertexts, homomorphically) be added without a carry crossing into the next slot;
 * ``slot_bits = magnitude_bits + 1 + headroom_bits``;
-* ``slots_per_plaintext = (bit_length(n // 3) - 1) // slot_bits``, so a packed value stays
-  below ``max_int = n // 3`` and decodes as a non-negative plaintext.
+* ``slots_per_plaintext = (bit_length(max_int) - 1) // slot_bits`` with
+  ``max_int = n // 3 - 1``, so a packed value stays below ``2**(bit_length(max_int) - 1)
+  <= max_int`` and decodes as a non-negative plaintext.
 
 When ``terms`` packed values were summed, :meth:`PackingLayout.unpack` removes
 ``terms * offset`` from each slot. Packing is only allowed where the protocol lets the

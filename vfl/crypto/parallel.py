@@ -8,9 +8,10 @@ costs about one.
 
 Workers start with the ``forkserver`` method where available (``spawn`` otherwise): forking a
 process that runs JAX threads can deadlock. Tasks carry only plain values (``mpz`` pickles,
-ints, numpy arrays); workers cache per-key fixed-base tables so that a table is built once
-per worker, not once per task. Randomness inside workers comes from :mod:`secrets` (the OS
-CSPRNG), so no generator state is shared or duplicated between processes.
+ints, numpy arrays); workers cache per-key fixed-base tables (opt-in DJN randomness only:
+the default uniform obfuscators need none) so that a table is built once per worker, not
+once per task. Randomness inside workers comes from :mod:`secrets` (the OS CSPRNG), so no
+generator state is shared or duplicated between processes.
 
 As with any ``spawn``/``forkserver`` pool, a script that triggers parallel work must guard
 its entry point with ``if __name__ == "__main__":``. If the pool breaks (a worker dies, or
@@ -160,7 +161,8 @@ def cached_table(base, modulus, exp_bits: int, window: int) -> FixedBaseTable:
 
 
 def task_obfuscators(base, modulus, exp_bits: int, window: int, count: int) -> list:
-    """``count`` values ``base ** a`` with fresh uniform ``a < 2**exp_bits`` from secrets."""
+    """``count`` values ``base ** a`` with fresh uniform ``a < 2**exp_bits`` from secrets
+    (the opt-in DJN obfuscators of :class:`~vfl.crypto.randomness.RandomnessPool`)."""
     import secrets
 
     table = cached_table(base, modulus, exp_bits, window)
@@ -168,7 +170,7 @@ def task_obfuscators(base, modulus, exp_bits: int, window: int, count: int) -> l
 
 
 def crt_obfuscators(params: tuple, count: int) -> list:
-    """``count`` obfuscators ``h_n ** a mod n^2`` computed with the factorization of ``n``.
+    """``count`` DJN obfuscators ``h_n ** a mod n^2`` computed with the factorization of ``n``.
 
     ``params = (base_p, p^2, p - 1, base_q, q^2, q - 1, exp_bits, window, (p^2)^-1 mod q^2)``
     with ``base_p = h_n mod p^2`` (likewise for ``q``). ``a`` is drawn exactly as in the public
@@ -193,6 +195,75 @@ def crt_obfuscators(params: tuple, count: int) -> list:
 
 def task_obfuscators_crt(params: tuple, count: int) -> list:
     return crt_obfuscators(params, count)
+
+
+def uniform_obfuscators(n, count: int) -> list:
+    """``count`` obfuscators ``r^n mod n^2`` with ``r`` uniform in ``Z*_n`` (public key only).
+
+    ``r`` is drawn with :func:`secrets.randbelow` below ``n`` and kept only when
+    ``gcd(r, n) = 1`` (rejection sampling: exactly uniform over the units), so the output is
+    exactly uniform over the ``n``-th residues (``r -> r^n mod n^2`` is a bijection from
+    ``Z*_n`` onto them).
+    """
+    import secrets
+
+    n = gmpy2.mpz(n)
+    n2, bound = n * n, int(n)
+    out = []
+    while len(out) < count:
+        r = gmpy2.mpz(secrets.randbelow(bound))
+        if gmpy2.gcd(r, n) == 1:
+            out.append(gmpy2.powmod(r, n, n2))
+    return out
+
+
+def nth_residue_lift(params: tuple, s_p, s_q):
+    """The unique ``n``-th residue ``x mod n^2`` with ``x = s (mod n)``, where ``s`` is given
+    by ``s_p = s mod p`` and ``s_q = s mod q`` (both non-zero). Needs the factorization.
+
+    ``params = (p, q, p^2, q^2, (p^2)^-1 mod q^2)``. Modulo ``p^2`` the ``n``-th residues are
+    the subgroup of order ``p - 1``, and its element congruent to ``s_p`` modulo ``p`` is
+    ``s_p^p mod p^2`` (``s_p^p = s_p (mod p)`` by Fermat, and ``(s_p^p)^(p-1) = 1 (mod p^2)``);
+    likewise modulo ``q^2``; the CRT recombines. Reduction modulo ``n`` is a bijection from
+    the ``n``-th residues onto ``Z*_n`` (its kernel ``{1 + kn}`` has order ``n``, coprime to
+    ``phi(n)``), so for the public obfuscator ``y = r^n mod n^2`` we get exactly
+    ``nth_residue_lift(y mod p, y mod q) == y``.
+    """
+    p, q, p2, q2, p2_inv = params
+    xp = gmpy2.powmod(s_p, p, p2)
+    xq = gmpy2.powmod(s_q, q, q2)
+    return xp + (xq - xp) * p2_inv % q2 * p2
+
+
+def crt_uniform_obfuscators(params: tuple, count: int) -> list:
+    """``count`` uniform ``n``-th residues computed by the key holder (``params`` as in
+    :func:`nth_residue_lift`).
+
+    ``s_p`` and ``s_q`` are uniform in ``[1, p)`` and ``[1, q)`` (:mod:`secrets`), i.e. ``s``
+    is uniform in ``Z*_n``; lifting is a bijection, so the output has *exactly* the
+    distribution of :func:`uniform_obfuscators` (a uniform ``n``-th residue), at the cost of
+    two exponentiations with half-length exponents (``p``, ``q``) modulo half-size moduli.
+    """
+    import secrets
+
+    p, q = params[0], params[1]
+    pm1, qm1 = int(p) - 1, int(q) - 1
+    return [
+        nth_residue_lift(
+            params,
+            gmpy2.mpz(secrets.randbelow(pm1) + 1),
+            gmpy2.mpz(secrets.randbelow(qm1) + 1),
+        )
+        for _ in range(count)
+    ]
+
+
+def task_obfuscators_uniform(n, count: int) -> list:
+    return uniform_obfuscators(n, count)
+
+
+def task_obfuscators_uniform_crt(params: tuple, count: int) -> list:
+    return crt_uniform_obfuscators(params, count)
 
 
 def task_decrypt(params: tuple, ciphertexts: list) -> list:
