@@ -1,82 +1,464 @@
-"""Paillier benchmark: the encrypted gradient exchange, engine vs a python-paillier loop,
-and a FATE-shaped vertical logistic-regression epoch.
+"""Paillier benchmark: the ``paillier`` protocol (federated source layer) round, the older
+``paillier-masked-gradient`` exchange, python-paillier baselines, a FATE-shaped epoch and a
+wide party (N < d).
 
-Part 1 -- exchange step (DESIGN.md section 4), 2048-bit key, batch B=256, J^T of 30 x 256:
-the active party encrypts the cut-layer gradient delta under its own key, the passive party
-computes [[J^T delta]], adds an encrypted mask, the active party decrypts, the passive
-unmasks. Run twice on the same fixed-point inputs: with the engine (vfl.crypto) and with a
-straightforward per-element python-paillier (phe, gmpy2 backend) loop. Both must give the
-same integer gradient. speedup = phe_loop_seconds / engine_seconds, where engine_seconds is
-the step with encryption randomness computed INLINE (nothing precomputed); the step with
-randomness precomputed in idle time (it does not depend on data) is reported beside it.
+All at 2048 bits, in one process: the active party (ActiveKeyring: its key, DJN fixed-base
+CRT obfuscators for its own encryptions) and the passive parties (uniform public-key r^n
+obfuscators, the only ones allowed under another party's key) share one worker pool, and
+every call is timed on the side that makes it.
 
-Part 2 -- epoch: --rows rows, 30 features at the active party, 300 at one passive party,
-batch 1024; per batch the full protocol above (the passive's [[X^T delta]] over 300
-features). --quick measures a few batches and extrapolates linearly to --rows (reported as
-such). FATE 2.x reports 139 s/epoch for 100k rows on 16 cores.
+Part 1 -- ``paillier`` round (vfl.source_layer), shape --round-batch x --round-features x
+--width with --round-rows training rows, primal and dual storage. Phases: passive embed
+(matvec ``X_b U + X_b [[V]]`` or ``X_b W0 + (X_b X^T)[[P]]``, pack, re-randomize, serialize),
+active decrypt, active dual step (Optax SGD on the dual coefficients), active encrypt
+``[[dP]]``, passive apply_update. Wall seconds per phase and CPU seconds per side (this
+process's ``time.process_time`` plus the pool workers' CPU time read from /proc).
 
-Fixed point: delta at 2^-32 (|delta| <= 16), features at 2^-20 (|x| <= 4096): the
-protocol constants of vfl.secure_exchange. --x-frac-bits lowers the feature precision.
+Part 2 -- python-paillier (phe) baseline of the same primal round, the naive way: one phe
+multiply per (row, feature), one phe obfuscation per embedding value (no packing), one phe
+decrypt and one phe encrypt per value, one phe multiply per (feature, batch row) in the
+update. It starts from the engine's state and must give the same integers.
+speedup = phe round seconds / engine round seconds (wall; the engine uses the pool).
+
+Part 3 -- ``paillier-masked-gradient`` exchange step, B = 256, J^T of 30 x 256 (the older
+protocol): encrypt delta, [[J^T delta]], pack + mask, decrypt, unmask; engine (randomness
+inline, precomputed, or the active's own encryptions with DJN short exponents) vs a phe loop.
+
+Part 4 -- FATE-shaped epoch: --rows rows (100k), 30 active + 300 passive features, batch
+1024, width 1, ``paillier`` (auto form: primal, N > d) and ``paillier-masked-gradient``.
+A few rounds are measured and extrapolated linearly to the epoch (stated in the output);
+the active's and the passive's CPU seconds are reported separately. FATE 2.x reports
+139 s/epoch for 100k rows on 16 cores.
+
+Part 5 -- wide party: 20,000 features, 200 patients (N < d), primal vs dual forward +
+update per round: why ``source_form="auto"`` picks dual there. With --quick the primal form
+is measured on --wide-primal-features columns and its d-proportional phases (matvec,
+apply_update) are scaled linearly to 20,000 (stated in the output).
 
     PYTHONPATH=. python benchmarks/paillier.py --quick --json out.json
+    PYTHONPATH=. python benchmarks/paillier.py --from-json out.json --markdown docs/BENCHMARKS.md
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
+import contextlib
 import json
 import math
 import os
-import pstats
+import platform
 import secrets
+import sys
 import time
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import vfl.crypto as vc
-from vfl.secure_exchange import DELTA_BOUND, DELTA_FRAC_BITS, JACOBIAN_FRAC_BITS
+from vfl import source_layer as sl
+from vfl.secure_exchange import (
+    DELTA_BOUND,
+    DELTA_FRAC_BITS,
+    JACOBIAN_FRAC_BITS,
+    ActiveKeyring,
+)
 
+KEY_BITS = 2048
 FATE_SECONDS, FATE_CORES, FATE_ROWS = 139.0, 16, 100_000
-STEP_BATCH, STEP_PARAMS = 256, 30
+MASKED_BATCH, MASKED_PARAMS = 256, 30
 EPOCH_ACTIVE_FEATURES, EPOCH_PASSIVE_FEATURES = 30, 300
+LEARNING_RATE = 0.05  # TrainConfig's default; the passive optimizer is SGD
+MD_BEGIN = "<!-- paillier-benchmark:begin (generated by benchmarks/paillier.py --markdown) -->"
+MD_END = "<!-- paillier-benchmark:end -->"
+
+PASSIVE_PHASES = ("embed_matvec", "embed_pack", "embed_rerandomize", "embed_serialize")
+ACTIVE_PHASES = ("decrypt", "top_step", "dual_step", "encrypt_update")
+ROUND_PHASES = PASSIVE_PHASES + ACTIVE_PHASES + ("apply_update",)
+PHASE_LABELS = {
+    "embed_matvec": "passive embed: matvec X U + X[[V]] (dual: X W0 + X X^T [[P]])",
+    "embed_pack": "passive embed: pack",
+    "embed_rerandomize": "passive embed: re-randomize (uniform r^n)",
+    "embed_serialize": "passive embed: serialize",
+    "decrypt": "active: validate + decrypt [[h]]",
+    "top_step": "active: its own model step (plaintext)",
+    "dual_step": "active: dual step (Optax on P)",
+    "encrypt_update": "active: encrypt [[dP]] (DJN CRT)",
+    "apply_update": "passive: validate + apply_update",
+}
+SHORT_LABELS = {
+    "embed_matvec": "passive matvec",
+    "embed_pack": "passive pack",
+    "embed_rerandomize": "passive re-randomize",
+    "embed_serialize": "passive serialize",
+    "decrypt": "active decrypt",
+    "top_step": "active top step",
+    "dual_step": "active dual step",
+    "encrypt_update": "active encrypt [[dP]]",
+    "apply_update": "passive apply_update",
+    "active_encrypt": "active encrypt [[delta]]",
+    "serialize": "serialize",
+    "passive_validate": "passive validate",
+    "passive_matvec": "passive matvec J^T [[delta]]",
+    "passive_pack_and_mask": "passive pack + mask",
+    "active_decrypt_packed": "active decrypt",
+    "passive_unmask": "passive unmask",
+}
 
 
-# --- protocol pieces -------------------------------------------------------------------------
+# --- CPU accounting ---------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def worker_cpu_seconds(pool: vc.WorkerPool) -> float:
+    """User + system CPU seconds of the pool's live worker processes (Linux /proc)."""
+    ex = getattr(pool, "_executor", None)
+    procs = getattr(ex, "_processes", None) if ex is not None else None
+    total = 0
+    for pid in list(procs or {}):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / _TICK
+
+
+class Meter:
+    """Wall seconds per phase and CPU seconds per phase (this process + pool workers). The
+    parties run in one process one call at a time, so each call is charged to its side."""
+
+    def __init__(self, pool: vc.WorkerPool):
+        self.pool = pool
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.side: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, side: str, phase: str):
+        w0, c0, t0 = worker_cpu_seconds(self.pool), time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            wall = time.perf_counter() - t0
+            cpu = time.process_time() - c0 + worker_cpu_seconds(self.pool) - w0
+            self.wall[phase] = self.wall.get(phase, 0.0) + wall
+            self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
+            self.side[phase] = side
+
+    def reset(self) -> None:
+        self.wall, self.cpu, self.side = {}, {}, {}
+
+    def summary(self, rounds: int) -> dict:
+        """Per-round means: phase wall seconds, side wall and CPU seconds."""
+        per = {k: v / rounds for k, v in self.wall.items()}
+        out = {
+            "phases_s": {k: per[k] for k in ROUND_PHASES + MASKED_PHASES if k in per},
+            "round_s": sum(per.values()),
+        }
+        for side in ("active", "passive"):
+            names = [k for k, s in self.side.items() if s == side]
+            out[f"{side}_wall_s"] = sum(self.wall[k] for k in names) / rounds
+            out[f"{side}_cpu_s"] = sum(self.cpu[k] for k in names) / rounds
+        return out
+
+
+# --- data ---------------------------------------------------------------------------------------
+def feature_matrix(rng, rows: int, cols: int) -> np.ndarray:
+    """Standardized features on the protocol's 2^-20 grid, as int64 at that scale."""
+    out = np.empty((rows, cols), dtype=np.int64)
+    step = max(1, (1 << 24) // max(cols, 1))
+    for s in range(0, rows, step):  # in slices: 100k x 300 float64 would be 240 MB more
+        x = rng.standard_normal((min(step, rows - s), cols))
+        out[s : s + len(x)] = sl.feature_ints(sl.quantize_features(x))
+    return out
+
+
+def logistic_delta(h: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dL/dh of a mean logistic loss on the summed embedding (the active's top, plaintext)."""
+    z = h.astype(np.float64).sum(axis=1)
+    g = (1.0 / (1.0 + np.exp(-z)) - y) / len(y)
+    return np.repeat(g[:, None], h.shape[1], axis=1).astype(np.float32)
+
+
+# --- the paillier (source layer) round ---------------------------------------------------------
+class SourcePair:
+    """One passive's ``EncryptedSourceLayer`` and the active's ``DualCoefficients`` for it."""
+
+    def __init__(self, keyring, x_train_int, width, form, pool, meter, rng):
+        import optax
+
+        pk = keyring.public_key
+        self.keyring, self.pool, self.meter = keyring, pool, meter
+        self.form, self.width = form, width
+        # the passive re-randomizes under the active's key: uniform r^n, public key only
+        self.layer = sl.EncryptedSourceLayer(
+            pk, x_train_int, width, form, randomness=vc.RandomnessPool(pk, pool=pool), pool=pool
+        )
+        n, d = self.layer.n_train, self.layer.n_features
+        self.w0 = rng.standard_normal((d, width)) * 0.01
+        t = time.perf_counter()
+        with meter("passive", "setup_initialize"):
+            self.layer.initialize(self.w0)
+        self.setup_s = time.perf_counter() - t
+        self.setup_ciphertexts = len(self.layer.state.values)
+        self.duals = sl.DualCoefficients(n, width, optax.sgd(LEARNING_RATE), everywhere=False)
+
+    def embed(self, x_int: np.ndarray) -> vc.EncryptedArray:
+        """``EncryptedSourceLayer.embed`` phase by phase (checked equal to it once)."""
+        layer, m, pool = self.layer, self.meter, self.pool
+        with m("passive", "embed_matvec"):
+            if layer.form == "primal":
+                h = sl._matmul(x_int, layer.state, pool)
+                h = vc.add_plain(h, sl._int_matmul(x_int, layer.share))
+                scale = sl.FEATURE_FRAC_BITS + sl.WEIGHT_FRAC_BITS
+            else:
+                gram = x_int.astype(np.float64) @ layer.x_train.T.astype(np.float64)
+                shift = float(1 << (2 * sl.FEATURE_FRAC_BITS - sl.GRAM_FRAC_BITS))
+                gram_int = np.rint(gram / shift).astype(np.int64)
+                h = sl._matmul(gram_int, layer.state, pool)
+                scale = sl.GRAM_FRAC_BITS + sl.COEF_FRAC_BITS
+                if layer.share.any():
+                    h = vc.add_plain(h, sl._int_matmul(x_int, layer.share))
+            h = h.with_values(h.values, scale_bits=scale).ravel()
+        with m("passive", "embed_pack"):
+            packed = vc.pack_encrypted(h, layer.layout, pool=pool)
+        with m("passive", "embed_rerandomize"):
+            return vc.rerandomize(packed, randomness=layer._randomness, pool=pool)
+
+    def round(self, positions, x_int, y, top_step=None):
+        """One round for this passive; returns (packed [[h]], decrypted h, dP)."""
+        m, kr, pool = self.meter, self.keyring, self.pool
+        rows = len(positions)
+        packed = self.embed(x_int)
+        with m("passive", "embed_serialize"):
+            data = packed.to_bytes()
+        with m("active", "decrypt"):
+            h = sl.decrypt_embedding(kr.private_key, data, rows, self.width, self.form, pool=pool)
+        if top_step is not None:
+            with m("active", "top_step"):
+                delta = top_step(h)
+        else:
+            delta = logistic_delta(h, y)
+        with m("active", "dual_step"):
+            upd_rows, diff = self.duals.step(positions, delta)
+        with m("active", "encrypt_update"):
+            ct = sl.encrypt_update(kr.public_key, diff, kr.randomness)
+        with m("passive", "apply_update"):
+            enc = vc.EncryptedArray.from_bytes(ct, self.layer.public_key)
+            self.layer.apply_update(upd_rows, enc)
+        return packed, h, diff
+
+    def float_reference(self, x_int: np.ndarray) -> np.ndarray:
+        """``x W`` with ``W = W0 + X^T P`` in float64 (a sanity check of the decrypted h)."""
+        p = self.duals.quantized.astype(np.float64) / 2.0**sl.COEF_FRAC_BITS
+        scale = 2.0**-sl.FEATURE_FRAC_BITS
+        w = self.w0 + (self.layer.x_train.T.astype(np.float64) * scale) @ p
+        return (x_int.astype(np.float64) * scale) @ w
+
+
+def check_phased_embed(pair: SourcePair, x_int: np.ndarray) -> None:
+    """The benchmark's phase-by-phase embed decrypts to exactly the library's embed."""
+    sk, layer = pair.keyring.private_key, pair.layer
+    count = x_int.shape[0] * pair.width
+    a = vc.decrypt_packed(sk, layer.embed(x_int), layer.layout, count)
+    b = vc.decrypt_packed(sk, pair.embed(x_int), layer.layout, count)
+    assert [int(v) for v in a] == [int(v) for v in b], "phased embed differs from embed()"
+
+
+def run_source_rounds(args, keyring, pool, console, rng):
+    """Primal and dual on the same data, rounds interleaved (primal, dual, primal, ...) so
+    that load from other processes on the machine biases neither form."""
+    n, batch, features, rounds = (
+        args.round_rows,
+        args.round_batch,
+        args.round_features,
+        (args.round_rounds),
+    )
+    x_train = feature_matrix(rng, n, features)
+    y = (rng.random(n) < 0.3).astype(np.float64)
+    order = rng.permutation(n)
+    nb = max(1, n // batch)
+
+    def batch_at(r):
+        pos = np.sort(order[(r % nb) * batch : (r % nb) * batch + batch])
+        return pos, x_train[pos], y[pos]
+
+    pairs, setup = {}, {}
+    for form in ("primal", "dual"):
+        meter = Meter(pool)
+        pair = pairs[form] = SourcePair(keyring, x_train, args.width, form, pool, meter, rng)
+        setup[form] = (pair.setup_s, meter.cpu.get("setup_initialize", 0.0))
+        pos, xb, yb = batch_at(0)  # warm-up round (JAX dispatch, worker caches), checked
+        check_phased_embed(pair, xb)
+        pair.round(pos, xb, yb)
+        meter.reset()
+    max_err = dict.fromkeys(pairs, 0.0)
+    for r in range(1, rounds + 1):
+        pos, xb, yb = batch_at(r)
+        for form, pair in pairs.items():
+            ref = pair.float_reference(xb)
+            _, h, _ = pair.round(pos, xb, yb)
+            max_err[form] = max(max_err[form], float(np.max(np.abs(h - ref))))
+        console.print(
+            f"  round {r}/{rounds}: "
+            + ", ".join(f"{f} {sum(p.meter.wall.values()) / r:.3f} s" for f, p in pairs.items())
+        )
+    out = {}
+    for form, pair in pairs.items():
+        o = out[form] = pair.meter.summary(rounds)
+        layout = pair.layer.layout
+        o.update(
+            {
+                "form": form,
+                "rounds_measured": rounds,
+                "max_abs_error_vs_float": max_err[form],
+                "packed_ciphertexts": layout.packed_count(batch * args.width, keyring.public_key),
+                "slots_per_ciphertext": layout.slots_per_plaintext(keyring.public_key),
+                "update_ciphertexts": batch * args.width,
+                "state_ciphertexts": pair.setup_ciphertexts,
+                "setup_initialize_s": setup[form][0],
+                "setup_initialize_cpu_s": setup[form][1],
+            }
+        )
+    return out, pairs["primal"], batch_at
+
+
+# --- python-paillier baseline of the paillier round --------------------------------------------
+def phe_source_round(pair: SourcePair, phe_pk, phe_sk, positions, x_int, y):
+    """The primal round with python-paillier, one EncryptedNumber at a time; starts from a
+    copy of ``pair``'s state and dual coefficients (``pair`` itself is not changed)."""
+    from phe import paillier
+
+    layer, w = pair.layer, pair.width
+    d = layer.n_features
+    v = [paillier.EncryptedNumber(phe_pk, int(c), 0) for c in layer.state.values]
+    duals = sl.DualCoefficients(layer.n_train, w, pair.duals.tx, everywhere=False)
+    duals.load(pair.duals.export())
+    share = [[int(u) for u in row] for row in layer.share]
+    t = {}
+    t0 = time.perf_counter()
+    # passive: [[h_ic]] = sum_j x_ij U_jc + sum_j x_ij [[V_jc]], then one obfuscation each
+    h_enc = []
+    for row in x_int.tolist():
+        for c in range(w):
+            acc = None
+            for j, x in enumerate(row):
+                if x:
+                    term = v[j * w + c] * x
+                    acc = term if acc is None else acc + term
+            acc = acc + sum(x * share[j][c] for j, x in enumerate(row))
+            acc.obfuscate()
+            h_enc.append(acc)
+    t["passive_embed"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    h_int = [phe_sk.decrypt(e) for e in h_enc]  # active
+    scale = 2.0 ** (sl.FEATURE_FRAC_BITS + sl.WEIGHT_FRAC_BITS)
+    h = np.array([hi / scale for hi in h_int], dtype=np.float32).reshape(-1, w)
+    t["active_decrypt"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    upd_rows, diff = duals.step(positions, logistic_delta(h, y))
+    t["active_dual_step"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    enc_dp = [phe_pk.encrypt(int(x)) for x in diff.reshape(-1)]
+    t["active_encrypt"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x_rows = layer.x_train[upd_rows].tolist()  # passive: [[V_jc]] += sum_k x_kj [[dP_kc]]
+    for j in range(d):
+        for c in range(w):
+            acc = v[j * w + c]
+            for k, xr in enumerate(x_rows):
+                if xr[j]:
+                    acc = acc + enc_dp[k * w + c] * xr[j]
+            v[j * w + c] = acc
+    t["passive_apply_update"] = time.perf_counter() - t0
+    return {"h_int": h_int, "diff": diff, "v": v, "phases_s": t, "round_s": sum(t.values())}
+
+
+def run_phe_baseline(pair: SourcePair, batch_at, rnd: int, engine_round: dict, console):
+    console.print("[bold]python-paillier[/] per-element loop of the primal round (one core) ...")
+    kr = pair.keyring
+    phe_pk, phe_sk = kr.public_key.to_phe(), kr.private_key.to_phe()
+    pos, xb, yb = batch_at(rnd)
+    c0 = time.process_time()
+    phe = phe_source_round(pair, phe_pk, phe_sk, pos, xb, yb)
+    phe_cpu = time.process_time() - c0
+    # the engine, same state, same batch: the same integers must come out
+    pair.meter.reset()
+    packed, _, diff = pair.round(pos, xb, yb)
+    count = len(pos) * pair.width
+    eng_h = [int(v) for v in vc.decrypt_packed(kr.private_key, packed, pair.layer.layout, count)]
+    assert eng_h == [int(v) for v in phe["h_int"]], "phe embedding differs from the engine's"
+    assert np.array_equal(diff, phe["diff"]), "phe dual step differs from the engine's"
+    eng_v = [int(x) for x in vc.decrypt_array(kr.private_key, pair.layer.state).reshape(-1)]
+    assert eng_v == [int(phe_sk.decrypt(x)) for x in phe["v"]], "phe update differs"
+    eng_s, eng_cpu = (
+        engine_round["round_s"],
+        engine_round["active_cpu_s"] + engine_round["passive_cpu_s"],
+    )
+    return {
+        "form": "primal",
+        "round_s": phe["round_s"],
+        "cpu_s": phe_cpu,
+        "phases_s": phe["phases_s"],
+        "engine_round_s": eng_s,
+        "engine_cpu_s": eng_cpu,
+        "speedup_wall": phe["round_s"] / eng_s,
+        "speedup_cpu": phe_cpu / eng_cpu,
+        "results_equal": True,
+        "phe_obfuscations": count,
+        "phe_encryptions": count,
+        "phe_decryptions": count,
+    }
+
+
+# --- paillier-masked-gradient (the older protocol) ---------------------------------------------
+MASKED_PHASES = (
+    "active_encrypt",
+    "serialize",
+    "passive_validate",
+    "passive_matvec",
+    "passive_pack_and_mask",
+    "active_decrypt_packed",
+    "passive_unmask",
+)
+MASKED_SIDE = {
+    "active_encrypt": "active",
+    "serialize": "active",
+    "active_decrypt_packed": "active",
+}
+
+
 class Exchange:
-    """One party pair's state: the active party's key and CRT randomness, the passive's
-    public-key randomness. ``encrypt_mask_packed``: masks are added to the *packed*
-    ciphertexts (one fresh encryption per packed ciphertext, not per value)."""
+    """``paillier-masked-gradient``: the active encrypts ``delta`` under its own key (DJN
+    fixed-base CRT obfuscators, as ActiveKeyring; ``active_short_exponent`` selects the
+    opt-in 256-bit exponents, still only for the key holder's own encryptions), the passive
+    computes ``[[J^T delta]]`` and adds its mask as a fresh encryption per *packed*
+    ciphertext, with uniform ``r^n`` (public key: it is the active's key)."""
 
-    def __init__(self, pk, sk, pool, x_frac_bits, short_exponent=False):
-        self.pk, self.sk, self.pool = pk, sk, pool
+    def __init__(self, pk, sk, pool, x_frac_bits, meter, active_short_exponent=False):
+        self.pk, self.sk, self.pool, self.meter = pk, sk, pool, meter
         self.x_frac_bits = x_frac_bits
-        se = short_exponent  # DJN short exponents: an extra assumption, opt-in only
-        self.active_rp = vc.RandomnessPool(pk, private_key=sk, pool=pool, short_exponent=se)
-        self.passive_rp = vc.RandomnessPool(pk, pool=pool, short_exponent=se)
+        self.active_rp = vc.RandomnessPool(
+            pk, private_key=sk, method="djn", short_exponent=active_short_exponent, pool=pool
+        )
+        self.passive_rp = vc.RandomnessPool(pk, pool=pool)  # uniform r^n: another's key
         self.delta_codec = vc.FixedPointCodec(DELTA_FRAC_BITS, max_abs_value=DELTA_BOUND)
-        self.timings: dict[str, float] = {}
 
     def warm(self, workers: int) -> None:
-        """Build the per-key fixed-base tables in every worker and in this process (built
-        once per key; a task may land on any worker), then drop what was drawn, so that
-        timed steps start with nothing precomputed."""
+        """Per-key fixed-base tables in every worker and here, then drop what was drawn."""
         for _ in range(3):
             self.active_rp.precompute(32 * workers)
-            self.passive_rp.precompute(16 * workers)
-        self.active_rp.precompute(1, pool=1)  # small draws run in this process
+        self.active_rp.precompute(1, pool=1)
         self.passive_rp.precompute(1, pool=1)
         self.active_rp.clear()
         self.passive_rp.clear()
 
     def _t(self, name, fn):
-        t = time.perf_counter()
-        out = fn()
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
-        return out
+        with self.meter(MASKED_SIDE.get(name, "passive"), name):
+            return fn()
 
     def step(self, delta_int, xt_int, x_bits):
         """Returns the unmasked integer gradient ``X^T delta`` at scale 2^-(32 + x_frac)."""
@@ -99,7 +481,6 @@ class Exchange:
         gbits = terms.bit_length() + self.delta_codec.bits_for(DELTA_BOUND) + x_bits
         layout = vc.PackingLayout(magnitude_bits=gbits + vc.STAT_SLACK_BITS + 1)
         mask = vc.draw_mask(g.shape, gbits)
-
         masked = self._t(
             "passive_pack_and_mask",
             lambda: vc.pack_masked(g, mask, layout, randomness=self.passive_rp, pool=pool),
@@ -113,7 +494,7 @@ class Exchange:
         )
 
 
-def phe_step(phe_pk, phe_sk, delta_int, xt_int, mask_bits):
+def phe_masked_step(phe_pk, phe_sk, delta_int, xt_int, mask_bits):
     """The same exchange with python-paillier, one EncryptedNumber at a time."""
     cts = [phe_pk.encrypt(int(d)) for d in delta_int]  # active
     g = []
@@ -137,154 +518,193 @@ def encode_ints(x, frac_bits):
     return np.rint(np.ldexp(np.asarray(x, dtype=np.float64), frac_bits)).astype(np.int64)
 
 
-def realistic_inputs(rng, batch, params, x_frac_bits):
+def masked_inputs(rng, batch, params, x_frac_bits):
     """Standardized features (clipped at 8 sd) and logistic-loss gradients of a mean loss."""
     x = np.clip(rng.standard_normal((batch, params)), -8, 8)
     w = rng.standard_normal(params) * 0.3
     y = (rng.random(batch) < 0.3).astype(np.float64)
     p = 1 / (1 + np.exp(-(x @ w)))
-    delta = (p - y) / batch  # dL/dlogit of the mean loss
-    d_int = encode_ints(delta, DELTA_FRAC_BITS)
-    xt_int = encode_ints(x.T, x_frac_bits)
-    return x, delta, d_int, xt_int
+    delta = (p - y) / batch
+    return x, delta, encode_ints(delta, DELTA_FRAC_BITS), encode_ints(x.T, x_frac_bits)
 
 
-def profile_summary(fn, top=12):
-    prof = cProfile.Profile()
-    prof.enable()
-    fn()
-    prof.disable()
-    stats = pstats.Stats(prof)
-    total = stats.total_tt
-    rows = []
-    for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():
-        rows.append(
-            {
-                "function": f"{os.path.basename(file)}:{line}({func})",
-                "calls": nc,
-                "tottime_s": round(tt, 4),
-                "cumtime_s": round(ct, 4),
-            }
-        )
-    by_cum = sorted(rows, key=lambda r: -r["cumtime_s"])[:top]
-    by_tot = sorted(rows, key=lambda r: -r["tottime_s"])[:top]
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(8)
-    return {"total_s": round(total, 4), "top_cumulative": by_cum, "top_self": by_tot}
-
-
-# --- part 1 ----------------------------------------------------------------------------------
-def run_step(args, pk, sk, pool, console):
-    rng = np.random.default_rng(0)  # data only; crypto randomness comes from secrets
-    x, delta, d_int, xt_int = realistic_inputs(rng, STEP_BATCH, STEP_PARAMS, args.x_frac_bits)
+def run_masked_step(args, keyring, pool, console, rng):
+    pk, sk = keyring.public_key, keyring.private_key
+    x, delta, d_int, xt_int = masked_inputs(rng, MASKED_BATCH, MASKED_PARAMS, args.x_frac_bits)
     x_bits = int(np.abs(xt_int).max()).bit_length()
-    ex = Exchange(pk, sk, pool, args.x_frac_bits)
-    # warm: worker processes, per-key fixed-base tables in every worker (built once per key)
-    t = time.perf_counter()
+    meter = Meter(pool)
+    ex = Exchange(pk, sk, pool, args.x_frac_bits, meter)
     ex.warm(pool.max_workers)
     ex.step(d_int[:64], xt_int[:, :64], x_bits)  # warms the matvec path too
     ex.warm(pool.max_workers)  # drops what the warm-up step left precomputed
-    warm_s = time.perf_counter() - t
-
     expected = exact_matvec(xt_int, d_int)
-    ex.timings = {}
-    t = time.perf_counter()
+
+    meter.reset()
     got = ex.step(d_int, xt_int, x_bits)
-    inline_s = time.perf_counter() - t
-    inline_phases = dict(ex.timings)
+    inline = meter.summary(1)
     assert got == expected, "engine gradient differs from the exact integer product"
 
-    # precomputed randomness: drawn in idle time (does not depend on the data)
-    t = time.perf_counter()
-    ex.active_rp.precompute(STEP_BATCH)
+    t = time.perf_counter()  # randomness drawn in idle time (it does not depend on data)
+    ex.active_rp.precompute(MASKED_BATCH)
     ex.passive_rp.precompute(2)
     precompute_s = time.perf_counter() - t
-    ex.timings = {}
-    t = time.perf_counter()
-    got2 = ex.step(d_int, xt_int, x_bits)
-    pre_s = time.perf_counter() - t
-    pre_phases = dict(ex.timings)
-    assert got2 == expected
+    meter.reset()
+    assert ex.step(d_int, xt_int, x_bits) == expected
+    pre = meter.summary(1)
 
-    # the DJN short-exponent obfuscators (opt-in: extra assumption), randomness inline
-    djn = Exchange(pk, sk, pool, args.x_frac_bits, short_exponent=True)
-    djn.warm(pool.max_workers)
-    t = time.perf_counter()
-    got3 = djn.step(d_int, xt_int, x_bits)
-    djn_s = time.perf_counter() - t
-    assert got3 == expected
+    meter_se = Meter(pool)
+    se = Exchange(pk, sk, pool, args.x_frac_bits, meter_se, active_short_exponent=True)
+    se.warm(pool.max_workers)
+    meter_se.reset()
+    assert se.step(d_int, xt_int, x_bits) == expected
+    short = meter_se.summary(1)
 
-    console.print("[bold]exchange step[/]: python-paillier per-element loop (one core) ...")
+    console.print("[bold]masked-gradient step[/]: python-paillier per-element loop (one core) ...")
     phe_pk, phe_sk = pk.to_phe(), sk.to_phe()
-    gbits = STEP_BATCH.bit_length() + DELTA_FRAC_BITS + 5 + x_bits
+    gbits = MASKED_BATCH.bit_length() + DELTA_FRAC_BITS + 5 + x_bits
     t = time.perf_counter()
-    phe_got = phe_step(phe_pk, phe_sk, d_int, xt_int, gbits + vc.STAT_SLACK_BITS)
+    phe_got = phe_masked_step(phe_pk, phe_sk, d_int, xt_int, gbits + vc.STAT_SLACK_BITS)
     phe_s = time.perf_counter() - t
     assert phe_got == expected, "phe gradient differs from the exact integer product"
     grad = np.array(got, dtype=np.float64) / 2.0 ** (DELTA_FRAC_BITS + args.x_frac_bits)
-    max_err = float(np.max(np.abs(grad - x.T @ delta)))
-
-    # where the time goes: the inline step on one core (the pool would hide work in workers)
-    serial = Exchange(pk, sk, vc.WorkerPool(1), args.x_frac_bits)
-    serial.active_rp.precompute(1)
-    serial.passive_rp.precompute(1)
-    serial.active_rp.clear()
-    serial.passive_rp.clear()
-    serial.timings = {}
-    t = time.perf_counter()
-    prof = profile_summary(lambda: serial.step(d_int, xt_int, x_bits))
-    serial_s = time.perf_counter() - t
     return {
-        "batch": STEP_BATCH,
-        "params": STEP_PARAMS,
-        "delta_frac_bits": DELTA_FRAC_BITS,
+        "batch": MASKED_BATCH,
+        "params": MASKED_PARAMS,
         "x_frac_bits": args.x_frac_bits,
-        "x_max_bits": x_bits,
-        "engine_inline_seconds": inline_s,
-        "engine_precomputed_seconds": pre_s,
-        "precompute_seconds": precompute_s,
-        "warmup_seconds": warm_s,
-        "phe_loop_seconds": phe_s,
-        "speedup_inline": phe_s / inline_s,
-        "speedup_precomputed": phe_s / pre_s,
-        "engine_short_exponent_seconds": djn_s,
-        "speedup_short_exponent": phe_s / djn_s,
-        "phases_short_exponent": djn.timings,
-        "phases_inline": inline_phases,
-        "phases_precomputed": pre_phases,
-        "phases_serial_profiled": serial.timings,
-        "serial_profiled_seconds": serial_s,
+        "engine_inline_s": inline["round_s"],
+        "engine_precomputed_s": pre["round_s"],
+        "engine_active_short_exponent_s": short["round_s"],
+        "precompute_s": precompute_s,
+        "phe_loop_s": phe_s,
+        "speedup_inline": phe_s / inline["round_s"],
+        "speedup_precomputed": phe_s / pre["round_s"],
+        "speedup_active_short_exponent": phe_s / short["round_s"],
+        "inline": inline,
+        "precomputed": pre,
+        "active_short_exponent": short,
         "gradients_equal": True,
-        "max_abs_error_vs_float": max_err,
-        "profile": prof,
+        "max_abs_error_vs_float": float(np.max(np.abs(grad - x.T @ delta))),
+        "randomness": "active: DJN fixed-base CRT (own key, as ActiveKeyring); passive: "
+        "uniform r^n with the public key, one per packed ciphertext",
     }
 
 
-# --- part 2 ----------------------------------------------------------------------------------
-def run_epoch(args, pk, sk, pool, console):
-    rng = np.random.default_rng(1)
-    batch = args.batch
-    n_batches = math.ceil(args.rows / batch)
-    measure = min(n_batches, args.quick_batches) if args.quick else n_batches
-    ex = Exchange(pk, sk, pool, args.x_frac_bits)
-    ex.warm(pool.max_workers)
+def recode_seconds(matrix: np.ndarray) -> dict:
+    """CPU seconds of the numpy recoding of the fixed exponents (offset, bit planes, subset
+    indices: what ``multiexp._matvec_straus_shared`` does at the start of every call) for
+    this matrix, done serially here: what recoding ``X`` once would save per pass."""
+    from vfl.crypto.multiexp import _bit_planes, _straus_cost, choose_method
+
+    rows, n = matrix.shape
+    bits = int(np.abs(matrix).max()).bit_length()
+    c0 = time.process_time()
+    ebits = bits + 1
+    g = _straus_cost(rows, n, ebits)[1]
+    planes = _bit_planes(matrix.astype(np.int64) + np.int64(1 << bits), ebits)
+    groups = -(-n // g)
+    if groups * g != n:
+        pad = np.zeros((rows, groups * g - n, ebits), np.uint8)
+        planes = np.concatenate([planes, pad], axis=1)
+    weights = 1 << np.arange(g, dtype=np.int64)
+    idx = planes.reshape(rows, groups, g, ebits).astype(np.int64) * weights[None, None, :, None]
+    idx.sum(axis=2)
+    return {
+        "shape": [rows, n],
+        "method_chosen": choose_method(rows, n, bits),
+        "cpu_s": time.process_time() - c0,
+    }
+
+
+# --- FATE-shaped epoch ---------------------------------------------------------------------------
+def run_epoch_source(args, keyring, pool, console, rng):
+    rows, batch = args.rows, args.batch
+    n_rounds = math.ceil(rows / batch)
+    measure = min(n_rounds, args.epoch_rounds) if args.epoch_rounds > 0 else n_rounds
+    form = sl.choose_form("auto", rows, EPOCH_PASSIVE_FEATURES)
+    console.print(f"  {rows} x {EPOCH_PASSIVE_FEATURES} passive features, form {form!r} ...")
+    xp = feature_matrix(rng, rows, EPOCH_PASSIVE_FEATURES)
+    xa = np.clip(rng.standard_normal((rows, EPOCH_ACTIVE_FEATURES)), -8, 8).astype(np.float32)
+    y = (rng.random(rows) < 0.3).astype(np.float64)
+    meter = Meter(pool)
+    pair = SourcePair(keyring, xp, 1, form, pool, meter, rng)
+    setup = {"s": pair.setup_s, "cpu_s": meter.cpu.get("setup_initialize", 0.0)}
+    order = rng.permutation(rows)
     w_a = np.zeros(EPOCH_ACTIVE_FEATURES)
-    w_p = np.zeros(EPOCH_PASSIVE_FEATURES)
-    lr = 0.1
-    checked = False
-    ex.timings = {}
-    t0 = time.perf_counter()
+
+    def top_step_for(pos):
+        def top_step(h):  # the active's own LR on its 30 features plus the passive's h
+            nonlocal w_a
+            z = xa[pos] @ w_a + h[:, 0]
+            g = (1.0 / (1.0 + np.exp(-z)) - y[pos]) / len(pos)
+            w_a = w_a - LEARNING_RATE * (xa[pos].T @ g)
+            return g[:, None].astype(np.float32)
+
+        return top_step
+
+    def batch_rows(b):
+        return np.sort(order[b * batch : min(rows, (b + 1) * batch)])
+
+    pos = np.sort(order[-64:])  # warm-up (JAX dispatch) on 64 rows: not measured
+    pair.round(pos, xp[pos], y[pos], top_step_for(pos))
+    meter.reset()
     rows_done = 0
     for b in range(measure):
-        size = min(batch, args.rows - b * batch)
+        pos = batch_rows(b)
+        pair.round(pos, xp[pos], y[pos], top_step_for(pos))
+        rows_done += len(pos)
+        console.print(f"  paillier round {b + 1}/{measure}: {sum(meter.wall.values()):7.2f} s")
+    per_round = meter.summary(measure)
+    scale = rows / rows_done
+    pos = batch_rows(0)
+    fwd, upd = recode_seconds(xp[pos]), recode_seconds(np.ascontiguousarray(xp[pos].T))
+    round_cpu = per_round["active_cpu_s"] + per_round["passive_cpu_s"]
+    recode = {
+        "forward": fwd,
+        "update": upd,
+        "share_of_round_cpu": (fwd["cpu_s"] + upd["cpu_s"]) / round_cpu,
+    }
+    out = {
+        "protocol": "paillier",
+        "form": form,
+        "rows": rows,
+        "batch": batch,
+        "active_features": EPOCH_ACTIVE_FEATURES,
+        "passive_features": EPOCH_PASSIVE_FEATURES,
+        "rounds_per_epoch": n_rounds,
+        "measured_rounds": measure,
+        "measured_rows": rows_done,
+        "extrapolated": rows_done != rows,
+        "per_round": per_round,
+        "epoch_s": per_round["round_s"] * measure * scale,
+        "active_cpu_s": per_round["active_cpu_s"] * measure * scale,
+        "passive_cpu_s": per_round["passive_cpu_s"] * measure * scale,
+        "setup_initialize": setup,
+        "passive_optimizer": "sgd",
+        "recode_x": recode,
+    }
+    del xp
+    return out
+
+
+def run_epoch_masked(args, keyring, pool, console, rng):
+    rows, batch = args.rows, args.batch
+    n_batches = math.ceil(rows / batch)
+    measure = min(n_batches, args.epoch_rounds) if args.epoch_rounds > 0 else n_batches
+    meter = Meter(pool)
+    ex = Exchange(keyring.public_key, keyring.private_key, pool, args.x_frac_bits, meter)
+    ex.warm(pool.max_workers)
+    w_a, w_p = np.zeros(EPOCH_ACTIVE_FEATURES), np.zeros(EPOCH_PASSIVE_FEATURES)
+    checked, rows_done = False, 0
+    for b in range(measure):
+        size = min(batch, rows - b * batch)
         xa = np.clip(rng.standard_normal((size, EPOCH_ACTIVE_FEATURES)), -8, 8)
         xp = np.clip(rng.standard_normal((size, EPOCH_PASSIVE_FEATURES)), -8, 8)
-        y = (rng.random(size) < 0.3).astype(np.float64)
-        # passive: embedding u_p = X_p w_p (plaintext by design in split learning)
-        z = xa @ w_a + xp @ w_p
-        delta = (1 / (1 + np.exp(-z)) - y) / size  # active: dL/dz
-        grad_a = xa.T @ delta
-        d_int = encode_ints(delta, DELTA_FRAC_BITS)
+        yb = (rng.random(size) < 0.3).astype(np.float64)
+        with meter("active", "top_step"):
+            z = xa @ w_a + xp @ w_p  # the passive's embedding is plaintext by design here
+            delta = (1 / (1 + np.exp(-z)) - yb) / size
+            grad_a = xa.T @ delta
+            d_int = encode_ints(delta, DELTA_FRAC_BITS)
         xt_int = encode_ints(xp.T, args.x_frac_bits)
         x_bits = int(np.abs(xt_int).max()).bit_length()
         got = ex.step(d_int, xt_int, x_bits)
@@ -292,29 +712,507 @@ def run_epoch(args, pk, sk, pool, console):
             assert got == exact_matvec(xt_int, d_int), "epoch gradient is wrong"
             checked = True
         grad_p = np.array(got, dtype=np.float64) / 2.0 ** (DELTA_FRAC_BITS + args.x_frac_bits)
-        w_a -= lr * grad_a
-        w_p -= lr * grad_p
+        w_a -= LEARNING_RATE * grad_a
+        w_p -= LEARNING_RATE * grad_p
         rows_done += size
-        console.print(f"  batch {b + 1}/{measure}: {time.perf_counter() - t0:7.2f} s")
-    measured_s = time.perf_counter() - t0
-    per_row = measured_s / rows_done
-    epoch_s = measured_s if rows_done == args.rows else per_row * args.rows
+        console.print(
+            f"  masked-gradient batch {b + 1}/{measure}: {sum(meter.wall.values()):7.2f} s"
+        )
+    per_round = meter.summary(measure)
+    scale = rows / rows_done
     return {
-        "epoch_rows": args.rows,
-        "batch_size": batch,
-        "active_features": EPOCH_ACTIVE_FEATURES,
-        "passive_features": EPOCH_PASSIVE_FEATURES,
+        "protocol": "paillier-masked-gradient",
+        "rows": rows,
+        "batch": batch,
+        "rounds_per_epoch": n_batches,
+        "measured_rounds": measure,
         "measured_rows": rows_done,
-        "measured_batches": measure,
-        "measured_seconds": measured_s,
-        "epoch_seconds": epoch_s,
-        "extrapolated": rows_done != args.rows,
-        "phases": ex.timings,
-        "randomness": "inline (computed in the step, CRT for the key holder)",
+        "extrapolated": rows_done != rows,
+        "per_round": per_round,
+        "epoch_s": per_round["round_s"] * measure * scale,
+        "active_cpu_s": per_round["active_cpu_s"] * measure * scale,
+        "passive_cpu_s": per_round["passive_cpu_s"] * measure * scale,
     }
 
 
-def main() -> None:
+# --- wide party ------------------------------------------------------------------------------
+def run_wide(args, keyring, pool, console, rng):
+    n, d, batch = args.wide_rows, args.wide_features, args.wide_batch
+    d_primal = min(d, args.wide_primal_features) if args.wide_primal_features > 0 else d
+    x_full = feature_matrix(rng, n, d)
+    y = (rng.random(n) < 0.3).astype(np.float64)
+    order = rng.permutation(n)
+    nb = max(1, n // batch)
+    out = {
+        "rows": n,
+        "features": d,
+        "batch": batch,
+        "width": args.width,
+        "auto_form": sl.choose_form("auto", n, d),
+        "rounds_measured": args.wide_rounds,
+    }
+    for form in ("dual", "primal"):
+        d_meas = d if form == "dual" else d_primal
+        console.print(f"  wide {form}: {n} rows x {d_meas} features measured ...")
+        x = np.ascontiguousarray(x_full[:, :d_meas])
+        meter = Meter(pool)
+        pair = SourcePair(keyring, x, args.width, form, pool, meter, rng)
+        setup_s, setup_cpu = pair.setup_s, meter.cpu.get("setup_initialize", 0.0)
+        for r in range(-1, args.wide_rounds):  # r = -1: warm-up
+            if r == 0:
+                meter.reset()
+            pos = np.sort(order[(r % nb) * batch : (r % nb) * batch + batch])
+            pair.round(pos, x[pos], y[pos])
+        per = meter.summary(args.wide_rounds)
+        factor = d / d_meas
+        ph = dict(per["phases_s"])
+        for k in ("embed_matvec", "apply_update"):  # O(B d w): linear in d
+            ph[k] *= factor
+        forward = sum(ph[k] for k in PASSIVE_PHASES)
+        out[form] = {
+            "measured_features": d_meas,
+            "scaled_to_features": d,
+            "extrapolated": d_meas != d,
+            "scaled_phases": ["embed_matvec", "apply_update"] if d_meas != d else [],
+            "phases_s": ph,
+            "forward_s": forward,
+            "update_s": ph["apply_update"],
+            "forward_update_s": forward + ph["apply_update"],
+            "active_s": sum(ph[k] for k in ACTIVE_PHASES if k in ph),
+            "state_ciphertexts": pair.setup_ciphertexts * (factor if form == "primal" else 1),
+            "setup_initialize_s": setup_s * factor,
+            "setup_initialize_cpu_s": setup_cpu * factor,
+            "measured": per,
+        }
+        del pair, x
+    out["primal_over_dual"] = out["primal"]["forward_update_s"] / out["dual"]["forward_update_s"]
+    return out
+
+
+# --- reporting ---------------------------------------------------------------------------------
+def fmt_s(v):
+    return "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
+
+
+def print_tables(res: dict, console: Console) -> None:
+    q = res["settings"]
+    rnd = res.get("paillier_round")
+    if rnd:
+        s = rnd["shape"]
+        t = Table(
+            title=f"paillier round, 2048-bit, B={s['batch']}, d={s['features']}, "
+            f"w={s['width']}, N={s['train_rows']} (mean of {s['rounds']} rounds, wall s)"
+        )
+        t.add_column("phase")
+        t.add_column("primal", justify="right")
+        t.add_column("dual", justify="right")
+        for k in ROUND_PHASES:
+            if k in rnd["primal"]["phases_s"] or k in rnd["dual"]["phases_s"]:
+                t.add_row(
+                    escape(PHASE_LABELS[k]),
+                    fmt_s(rnd["primal"]["phases_s"].get(k)),
+                    fmt_s(rnd["dual"]["phases_s"].get(k)),
+                )
+        t.add_row("[bold]round[/]", fmt_s(rnd["primal"]["round_s"]), fmt_s(rnd["dual"]["round_s"]))
+        for side in ("active", "passive"):
+            t.add_row(
+                f"{side} CPU s (process + workers)",
+                fmt_s(rnd["primal"][f"{side}_cpu_s"]),
+                fmt_s(rnd["dual"][f"{side}_cpu_s"]),
+            )
+        base = rnd.get("phe_baseline")
+        if base:
+            t.add_row("python-paillier loop, 1 core", fmt_s(base["round_s"]), "")
+            t.add_row(
+                "[bold]speed-up vs phe (wall / CPU)[/]",
+                f"{base['speedup_wall']:.1f}x / {base['speedup_cpu']:.1f}x",
+                "",
+            )
+        console.print(t)
+    ms = res.get("masked_gradient_round")
+    if ms:
+        t = Table(title="paillier-masked-gradient step, 2048-bit, B=256, J^T 30x256 (wall s)")
+        for col in ("variant", "seconds", "speed-up vs phe loop"):
+            t.add_column(col, justify="left" if col == "variant" else "right")
+        t.add_row("python-paillier per-element loop (1 core)", fmt_s(ms["phe_loop_s"]), "1.0x")
+        t.add_row(
+            "engine, randomness inline",
+            fmt_s(ms["engine_inline_s"]),
+            f"{ms['speedup_inline']:.1f}x",
+        )
+        t.add_row(
+            "engine, randomness precomputed",
+            fmt_s(ms["engine_precomputed_s"]),
+            f"{ms['speedup_precomputed']:.1f}x",
+        )
+        t.add_row(
+            "engine, active's DJN short exponents (opt-in)",
+            fmt_s(ms["engine_active_short_exponent_s"]),
+            f"{ms['speedup_active_short_exponent']:.1f}x",
+        )
+        console.print(t)
+    ep = res.get("fate_epoch")
+    if ep:
+        t = Table(
+            title=f"FATE-shaped epoch: {ep['rows']} rows, 30 + 300 features, batch "
+            f"{ep['batch']}, width 1"
+        )
+        for col in ("protocol", "s/epoch", "active CPU s", "passive CPU s", "how"):
+            t.add_column(col, justify="left" if col in ("protocol", "how") else "right")
+        for key in ("paillier", "paillier_masked_gradient"):
+            e = ep.get(key)
+            if e:
+                how = (
+                    f"extrapolated from {e['measured_rounds']} rounds"
+                    if e["extrapolated"]
+                    else "measured"
+                )
+                name = e["protocol"] + (f" ({e['form']})" if "form" in e else "")
+                t.add_row(
+                    name,
+                    fmt_s(e["epoch_s"]),
+                    fmt_s(e["active_cpu_s"]),
+                    fmt_s(e["passive_cpu_s"]),
+                    how,
+                )
+        f = ep["fate_reference"]
+        t.add_row("FATE 2.x (reported)", fmt_s(f["seconds"]), "", "", f"{f['cores']} cores")
+        console.print(t)
+    w = res.get("wide_party")
+    if w:
+        t = Table(
+            title=f"wide party: {w['features']} features, {w['rows']} rows, batch "
+            f"{w['batch']} (auto picks {w['auto_form']!r}; s per round)"
+        )
+        for col in ("form", "forward", "update", "forward+update", "state cts", "setup s", "how"):
+            t.add_column(col, justify="left" if col in ("form", "how") else "right")
+        for form in ("primal", "dual"):
+            e = w[form]
+            how = (
+                f"measured on {e['measured_features']} features, scaled linearly"
+                if e["extrapolated"]
+                else "measured"
+            )
+            t.add_row(
+                form,
+                fmt_s(e["forward_s"]),
+                fmt_s(e["update_s"]),
+                fmt_s(e["forward_update_s"]),
+                f"{e['state_ciphertexts']:.0f}",
+                fmt_s(e["setup_initialize_s"]),
+                how,
+            )
+        console.print(t)
+    if q["quick"]:
+        console.print(f"[yellow]quick mode: {q['quick_note']}[/]")
+
+
+def _md_phase_table(rnd: dict) -> list[str]:
+    lines = ["| phase | side | primal s | dual s |", "|---|---|---:|---:|"]
+    for k in ROUND_PHASES:
+        p, d = rnd["primal"]["phases_s"].get(k), rnd["dual"]["phases_s"].get(k)
+        if p is None and d is None:
+            continue
+        side = "active" if k in ACTIVE_PHASES else "passive"
+        lines.append(f"| {PHASE_LABELS[k].split(': ', 1)[-1]} | {side} | {fmt_s(p)} | {fmt_s(d)} |")
+    lines.append(
+        f"| **round** | | **{fmt_s(rnd['primal']['round_s'])}** | "
+        f"**{fmt_s(rnd['dual']['round_s'])}** |"
+    )
+    for side in ("active", "passive"):
+        lines.append(
+            f"| {side} CPU s (process + workers) | | {fmt_s(rnd['primal'][f'{side}_cpu_s'])} | "
+            f"{fmt_s(rnd['dual'][f'{side}_cpu_s'])} |"
+        )
+    return lines
+
+
+def where_time_goes(phases: dict, n: int = 3) -> str:
+    total = sum(phases.values()) or 1.0
+    top = sorted(phases.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{SHORT_LABELS.get(k, k)} {100 * v / total:.0f}%" for k, v in top)
+
+
+def markdown_section(res: dict) -> str:
+    m, q = res["machine"], res["settings"]
+    out = [
+        MD_BEGIN,
+        "",
+        f"Generated from the JSON of `{res['command']}` (`--markdown` rewrites this section; "
+        f"`--from-json PATH --markdown PATH` regenerates it without re-running). Machine: "
+        f"{m['cores']} CPU cores (shared with other work while measured: see the machine "
+        f"speed below), "
+        f"{m['workers']} engine worker processes, {m['platform']}, Python {m['python']}, "
+        f"gmpy2 {m['gmpy2']}. Key: {res['key_bits']}-bit Paillier; the active party's own "
+        "encryptions use DJN fixed-base CRT obfuscators (`ActiveKeyring`), every passive "
+        "re-randomization under the active's key a uniform `r^n` with the public key. Times "
+        "are wall seconds unless marked CPU; CPU seconds are this process's "
+        "`time.process_time` plus the pool workers' CPU time, charged to the side that made "
+        "the call (all parties run in one process, one call at a time).",
+        "",
+    ]
+    cal = m.get("calibration")
+    if cal:
+        out += [
+            f"Machine speed during the run: a 4096-bit modular multiplication (the unit of "
+            f"all this work) took {cal['start']['mulmod_us']:.1f} us at the start and "
+            f"{cal['end']['mulmod_us']:.1f} us at the end (1-minute load average "
+            f"{cal['start']['loadavg'][0]:.1f} -> {cal['end']['loadavg'][0]:.1f} on "
+            f"{m['cores']} cores); on an idle core it takes about 3.7 us, and every time "
+            "below scales roughly in proportion.",
+            "",
+        ]
+    if q["quick"]:
+        out += [f"**Quick mode**: {q['quick_note']}", ""]
+    rnd = res.get("paillier_round")
+    if rnd:
+        s = rnd["shape"]
+        out += [
+            f"### `paillier` round (federated source layer): B = {s['batch']}, d = "
+            f"{s['features']}, width {s['width']}, N = {s['train_rows']} training rows",
+            "",
+            f"Mean of {s['rounds']} measured rounds per form (after one warm-up round). The "
+            f"primal embedding packs {rnd['primal']['slots_per_ciphertext']} values per "
+            f"ciphertext ({rnd['primal']['packed_ciphertexts']} packed ciphertexts, one "
+            "uniform obfuscator each); the update is "
+            f"{rnd['primal']['update_ciphertexts']} ciphertexts `[[dP]]`.",
+            "",
+            *_md_phase_table(rnd),
+            "",
+        ]
+        b = rnd.get("phe_baseline")
+        if b:
+            out += [
+                f"python-paillier (`phe`, gmpy2) doing the same primal round the naive way "
+                f"(one phe multiply per element, {b['phe_obfuscations']} obfuscations, "
+                f"{b['phe_decryptions']} decryptions, {b['phe_encryptions']} encryptions, no "
+                f"packing), one core, from the same state and batch, same integers out: "
+                f"**{fmt_s(b['round_s'])} s** (passive embed "
+                f"{fmt_s(b['phases_s']['passive_embed'])} s, "
+                f"active decrypt {fmt_s(b['phases_s']['active_decrypt'])} s, encrypt "
+                f"{fmt_s(b['phases_s']['active_encrypt'])} s, passive update "
+                f"{fmt_s(b['phases_s']['passive_apply_update'])} s). Engine: "
+                f"**{b['speedup_wall']:.1f}x** faster in wall time "
+                f"({fmt_s(b['engine_round_s'])} s on {m['workers']} workers), "
+                f"**{b['speedup_cpu']:.1f}x** in CPU seconds.",
+                "",
+            ]
+    ms = res.get("masked_gradient_round")
+    if ms:
+        out += [
+            "### `paillier-masked-gradient` step: B = 256, J^T of 30 x 256",
+            "",
+            "The older protocol (`vfl.secure_exchange`): the active encrypts `delta`, the "
+            "passive computes `[[J^T delta]]`, packs and masks it, the active decrypts, the "
+            "passive unmasks.",
+            "",
+            "| variant | s | vs phe loop |",
+            "|---|---:|---:|",
+            f"| python-paillier per-element loop (1 core) | {fmt_s(ms['phe_loop_s'])} | 1.0x |",
+            f"| engine, randomness inline | {fmt_s(ms['engine_inline_s'])} | "
+            f"{ms['speedup_inline']:.1f}x |",
+            f"| engine, obfuscators precomputed in idle time | "
+            f"{fmt_s(ms['engine_precomputed_s'])} | {ms['speedup_precomputed']:.1f}x |",
+            f"| engine, active's own encryptions with DJN short exponents (opt-in) | "
+            f"{fmt_s(ms['engine_active_short_exponent_s'])} | "
+            f"{ms['speedup_active_short_exponent']:.1f}x |",
+            "",
+            f"Inline step: {where_time_goes(ms['inline']['phases_s'])}.",
+            "",
+        ]
+    ep = res.get("fate_epoch")
+    if ep:
+        out += [
+            f"### FATE-shaped epoch: {ep['rows']} rows, 30 active + 300 passive features, "
+            f"batch {ep['batch']}, width 1",
+            "",
+            "| protocol | s/epoch | active CPU s | passive CPU s | how |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for key in ("paillier", "paillier_masked_gradient"):
+            e = ep.get(key)
+            if e:
+                how = (
+                    f"extrapolated linearly from {e['measured_rounds']} measured rounds "
+                    f"({e['measured_rows']} rows)"
+                    if e["extrapolated"]
+                    else "measured"
+                )
+                name = f"`{e['protocol']}`" + (f" ({e['form']})" if "form" in e else "")
+                out.append(
+                    f"| {name} | {fmt_s(e['epoch_s'])} | {fmt_s(e['active_cpu_s'])} | "
+                    f"{fmt_s(e['passive_cpu_s'])} | {how} |"
+                )
+        f = ep["fate_reference"]
+        out += [
+            f"| FATE 2.x (reported) | {fmt_s(f['seconds'])} | | | {f['cores']} cores, "
+            f"{f['rows']} rows (at most {f['seconds'] * f['cores']:.0f} core-seconds) |",
+            "",
+        ]
+        e, mg = ep.get("paillier"), ep.get("paillier_masked_gradient")
+        if e and mg:
+            out += [
+                f"`paillier` costs {e['epoch_s'] / mg['epoch_s']:.1f}x the "
+                "`paillier-masked-gradient` epoch: the passive now runs two encrypted "
+                "matvecs per round (forward and update) instead of one, and no passive sees a "
+                "gradient.",
+                "",
+            ]
+        if e:
+            out += [
+                f"`paillier` per round ({e['measured_rounds']} measured): "
+                f"{where_time_goes(e['per_round']['phases_s'])}. One-off setup, not in the "
+                f"epoch: the passive encrypts its initial `[[V]]` "
+                f"({EPOCH_PASSIVE_FEATURES} ciphertexts) in "
+                f"{fmt_s(e['setup_initialize']['s'])} s. The passive optimizer is SGD, so "
+                "`[[dP]]` covers the batch rows only (momentum or weight decay would make it "
+                "cover every training row each round).",
+                "",
+            ]
+    w = res.get("wide_party")
+    if w:
+        out += [
+            f"### Wide party: {w['features']} features, {w['rows']} patients (N < d), "
+            f"batch {w['batch']}",
+            "",
+            f'`source_form="auto"` picks **{w["auto_form"]}** here. Per round (passive '
+            "forward = matvec + pack + re-randomize + serialize; update = `apply_update`):",
+            "",
+            "| form | forward s | update s | forward + update s | state ciphertexts | "
+            "one-off setup s | how |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for form in ("primal", "dual"):
+            e = w[form]
+            how = (
+                f"measured on {e['measured_features']} features; matvec, apply_update and "
+                "setup scaled linearly to "
+                f"{e['scaled_to_features']}"
+                if e["extrapolated"]
+                else "measured"
+            )
+            out.append(
+                f"| {form} | {fmt_s(e['forward_s'])} | {fmt_s(e['update_s'])} | "
+                f"{fmt_s(e['forward_update_s'])} | {e['state_ciphertexts']:.0f} | "
+                f"{fmt_s(e['setup_initialize_s'])} | {how} |"
+            )
+        out += [
+            "",
+            f"Primal costs {w['primal_over_dual']:.0f}x dual per round: primal does "
+            "`O(B d w)` exponentiations (`X_b [[V]]` forward, `X_b^T [[dP]]` update), dual "
+            "`O(B N w)` forward (`(X_b X^T)[[P]]`) and `B w` ciphertext multiplications to "
+            "update (`[[P_rows]] += [[dP]]`).",
+            "",
+        ]
+    out += ["### Where the time goes", ""]
+    out += [f"- {line}" for line in where_the_time_goes(res)]
+    out += ["", MD_END]
+    return "\n".join(out)
+
+
+def write_markdown(res: dict, path: str) -> None:
+    section = markdown_section(res)
+    try:
+        with open(path) as f:
+            doc = f.read()
+    except FileNotFoundError:
+        doc = "# Benchmarks\n"
+    if MD_BEGIN in doc and MD_END in doc:
+        head, rest = doc.split(MD_BEGIN, 1)
+        tail = rest.split(MD_END, 1)[1]
+        doc = head + section + tail
+    elif "## Paillier" in doc:  # first run: append to the end of the existing section
+        head, rest = doc.split("## Paillier", 1)
+        nxt = rest.find("\n## ")
+        body, tail = (rest[:nxt], rest[nxt:]) if nxt >= 0 else (rest, "")
+        doc = head + "## Paillier" + body.rstrip("\n") + "\n\n" + section + "\n" + tail
+    else:
+        doc = doc.rstrip("\n") + "\n\n## Paillier\n\n" + section + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def where_the_time_goes(res: dict) -> list[str]:
+    """Sentences for the doc, from the measured phases."""
+    lines = []
+    rnd = res.get("paillier_round")
+    if rnd:
+        for form in ("primal", "dual"):
+            lines.append(
+                f"`paillier` round, {form}: {where_time_goes(rnd[form]['phases_s'])} "
+                f"(active CPU {fmt_s(rnd[form]['active_cpu_s'])} s, passive CPU "
+                f"{fmt_s(rnd[form]['passive_cpu_s'])} s per round)."
+            )
+    ep = (res.get("fate_epoch") or {}).get("paillier")
+    if ep:
+        pr = ep["per_round"]
+        lines.append(
+            f"FATE-shaped `paillier` round: {where_time_goes(pr['phases_s'], 4)}; the passive "
+            f"spends {100 * pr['passive_cpu_s'] / (pr['passive_cpu_s'] + pr['active_cpu_s']):.0f}% "
+            "of the CPU: two encrypted matvecs per round over its 300 features (forward "
+            "`X_b [[V]]`, 1024 x 300, and update `X_b^T [[dP]]`, 300 x 1024), each about the "
+            "size of the old protocol's single `J^T [[delta]]`, plus one uniform public `r^n` "
+            "(12 ms on an idle core, 3-4x the key holder's CRT cost) per packed embedding "
+            "ciphertext."
+        )
+    w = res.get("wide_party")
+    if w:
+        lines.append(
+            f"Wide party: dual forward + update {fmt_s(w['dual']['forward_update_s'])} s vs "
+            f"primal {fmt_s(w['primal']['forward_update_s'])} s per round, and "
+            f"{w['dual']['state_ciphertexts']:.0f} vs {w['primal']['state_ciphertexts']:.0f} "
+            "ciphertexts to encrypt once at setup."
+        )
+    rc = ep.get("recode_x") if ep else None
+    if rc:
+        lines.append(
+            "Recoding the fixed exponents `X` (offset, bit planes, Straus subset indices; "
+            "done inside every matvec call) costs "
+            f"{1000 * rc['forward']['cpu_s']:.0f} ms for the forward's `X_b` "
+            f"({rc['forward']['method_chosen']}) and {1000 * rc['update']['cpu_s']:.0f} ms for "
+            f"the update's `X_b^T` ({rc['update']['method_chosen']}) at the FATE shape, "
+            f"{100 * rc['share_of_round_cpu']:.1f}% of the round's CPU: the most that "
+            "recoding `X` once for both passes could save. The bit planes of `X_b^T` are "
+            "those of `X_b` transposed, but the Straus subset indices group the other axis, "
+            "and the kernels take no precomputed recoding, so the benchmark does not share it "
+            "(it would need an engine API for a gain of that size)."
+        )
+    return lines
+
+
+# --- main ------------------------------------------------------------------------------------
+def mulmod_us(pk, count: int = 20000) -> float:
+    """Microseconds per 4096-bit modular multiplication here and now: the machine's speed
+    during the run (other work on a shared machine slows every number in proportion)."""
+    import gmpy2
+
+    n2 = pk.nsquare
+    a = gmpy2.mpz(secrets.randbelow(int(n2)))
+    b = gmpy2.mpz(secrets.randbelow(int(n2)))
+    t = time.perf_counter()
+    for _ in range(count):
+        a = a * b % n2
+    return (time.perf_counter() - t) / count * 1e6
+
+
+def machine_info(pool) -> dict:
+    import gmpy2
+
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    return {
+        "cores": os.cpu_count() or 1,
+        "workers": pool.max_workers,
+        "cpu_model": cpu,
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "gmpy2": gmpy2.version(),
+    }
+
+
+def parse_args():
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -323,134 +1221,210 @@ def main() -> None:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="measure a few epoch batches and "
-        "extrapolate linearly to --rows (about 1-2 minutes on 2 cores)",
+        help="fewer rounds and smaller measured shapes (about 2-3 minutes on 2 "
+        "cores); what is extrapolated is said in the output",
     )
     ap.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    ap.add_argument("--rows", type=int, default=100_000, help="rows per epoch (default 100000)")
-    ap.add_argument("--batch", type=int, default=1024, help="epoch batch size (default 1024)")
+    ap.add_argument(
+        "--markdown",
+        default=None,
+        metavar="PATH",
+        help="rewrite the Paillier section of this markdown file from the results",
+    )
+    ap.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="do not measure: load results from this JSON (for --markdown)",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data (crypto randomness always comes from secrets)",
+    )
+    ap.add_argument(
+        "--parts",
+        default="round,phe,masked,epoch,wide",
+        help="comma-separated subset of round,phe,masked,epoch,wide",
+    )
     ap.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count(),
         help="worker processes for the engine (default: all cores)",
     )
+    ap.add_argument("--width", type=int, default=1, help="embedding width (default 1)")
+    ap.add_argument("--round-batch", type=int, default=64)
+    ap.add_argument("--round-features", type=int, default=30)
+    ap.add_argument(
+        "--round-rows",
+        type=int,
+        default=None,
+        help="training rows N of the round benchmark (default 1000; quick 256)",
+    )
+    ap.add_argument(
+        "--round-rounds",
+        type=int,
+        default=None,
+        help="measured rounds per form (default 10; quick 3)",
+    )
+    ap.add_argument("--rows", type=int, default=100_000, help="epoch rows (default 100000)")
+    ap.add_argument("--batch", type=int, default=1024, help="epoch batch size (default 1024)")
+    ap.add_argument(
+        "--epoch-rounds",
+        type=int,
+        default=None,
+        help="epoch rounds measured, then extrapolated (default 5; quick 2; 0 = the whole epoch)",
+    )
+    ap.add_argument("--wide-features", type=int, default=20_000)
+    ap.add_argument("--wide-rows", type=int, default=200)
+    ap.add_argument("--wide-batch", type=int, default=64)
+    ap.add_argument(
+        "--wide-rounds",
+        type=int,
+        default=None,
+        help="measured rounds per form (default 3; quick 2)",
+    )
+    ap.add_argument(
+        "--wide-primal-features",
+        type=int,
+        default=None,
+        help="features the primal form is measured on, scaled linearly to "
+        "--wide-features (default: all; quick 500)",
+    )
     ap.add_argument(
         "--x-frac-bits",
         type=int,
         default=JACOBIAN_FRAC_BITS,
-        help=f"fractional bits of the features (default {JACOBIAN_FRAC_BITS})",
+        help=f"masked-gradient feature bits (default {JACOBIAN_FRAC_BITS})",
     )
-    ap.add_argument("--quick-batches", type=int, default=3, help="batches measured in --quick")
-    ap.add_argument("--skip-epoch", action="store_true", help="only the exchange step")
     args = ap.parse_args()
+    defaults = {
+        "round_rows": (1000, 256),
+        "round_rounds": (10, 3),
+        "epoch_rounds": (5, 2),
+        "wide_rounds": (3, 2),
+        "wide_primal_features": (0, 500),
+    }
+    for k, (full, quick) in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, quick if args.quick else full)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     console = Console()
-    cores = os.cpu_count() or 1
-    pool = vc.WorkerPool(args.workers, min_items=16)
+    if args.from_json:
+        with open(args.from_json) as f:
+            res = json.load(f)
+        print_tables(res, console)
+        if args.markdown:
+            write_markdown(res, args.markdown)
+            console.print(f"wrote {args.markdown}")
+        return
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    pool = vc.set_default_workers(args.workers)  # one pool: engine calls without pool= too
     pool.warm_up()
     t = time.perf_counter()
-    pk, sk = vc.generate_keypair(2048)
+    keyring = ActiveKeyring(KEY_BITS)
     keygen_s = time.perf_counter() - t
-    console.print(f"2048-bit key in {keygen_s:.2f} s; {cores} cores, {pool.max_workers} workers")
+    console.print(
+        f"2048-bit key in {keygen_s:.2f} s; {os.cpu_count()} cores, {pool.max_workers} workers"
+        + (" [yellow](quick mode)[/]" if args.quick else "")
+    )
+    calib_start = {"mulmod_us": mulmod_us(keyring.public_key), "loadavg": os.getloadavg()}
+    quick_note = (
+        f"paillier round on N = {args.round_rows} training rows, {args.round_rounds} rounds "
+        f"per form; FATE-shaped epochs extrapolated from {args.epoch_rounds} measured rounds; "
+        f"wide-party primal form measured on {args.wide_primal_features or args.wide_features} "
+        f"of {args.wide_features} features and scaled linearly, {args.wide_rounds} rounds"
+    )
+    res: dict = {
+        "benchmark": "paillier",
+        "command": "python benchmarks/paillier.py " + " ".join(sys.argv[1:]),
+        "key_bits": KEY_BITS,
+        "keygen_s": keygen_s,
+        "machine": machine_info(pool),
+        "settings": {
+            "quick": args.quick,
+            "quick_note": quick_note if args.quick else "",
+            "seed": args.seed,
+            "parts": sorted(parts),
+            "learning_rate": LEARNING_RATE,
+            "passive_optimizer": "sgd",
+        },
+        "units": "seconds (wall unless the key says cpu); *_cpu_s = process + worker CPU",
+    }
+    rng = np.random.default_rng(args.seed)
+    t_all = time.perf_counter()
     try:
-        step = run_step(args, pk, sk, pool, console)
-        epoch = None if args.skip_epoch else run_epoch(args, pk, sk, pool, console)
+        if "round" in parts or "phe" in parts:
+            console.print("[bold]paillier round[/] (federated source layer) ...")
+            res["paillier_round"] = {
+                "shape": {
+                    "batch": args.round_batch,
+                    "features": args.round_features,
+                    "width": args.width,
+                    "train_rows": args.round_rows,
+                    "rounds": args.round_rounds,
+                }
+            }
+            rounds, pair, batch_at = run_source_rounds(args, keyring, pool, console, rng)
+            res["paillier_round"].update(rounds)
+            if "phe" in parts:
+                res["paillier_round"]["phe_baseline"] = run_phe_baseline(
+                    pair,
+                    batch_at,
+                    args.round_rounds + 1,
+                    res["paillier_round"]["primal"],
+                    console,
+                )
+            del pair
+        if "masked" in parts:
+            console.print("[bold]paillier-masked-gradient step[/] ...")
+            res["masked_gradient_round"] = run_masked_step(args, keyring, pool, console, rng)
+        if "epoch" in parts:
+            console.print("[bold]FATE-shaped epoch[/] ...")
+            res["fate_epoch"] = {
+                "paillier": run_epoch_source(args, keyring, pool, console, rng),
+                "paillier_masked_gradient": run_epoch_masked(args, keyring, pool, console, rng),
+                "fate_reference": {
+                    "seconds": FATE_SECONDS,
+                    "cores": FATE_CORES,
+                    "rows": FATE_ROWS,
+                },
+                "rows": args.rows,
+                "batch": args.batch,
+            }
+        if "wide" in parts:
+            console.print("[bold]wide party[/] (N < d) ...")
+            res["wide_party"] = run_wide(args, keyring, pool, console, rng)
     finally:
         pool.shutdown()
-
-    table = Table(title="Paillier exchange step (2048-bit, B=256, J^T 30x256)")
-    for col in ("variant", "seconds", "speed-up vs phe loop"):
-        table.add_column(col, justify="right" if col != "variant" else "left")
-    table.add_row(
-        "python-paillier per-element loop (1 core)", f"{step['phe_loop_seconds']:.3f}", "1.0x"
-    )
-    table.add_row(
-        f"engine, randomness inline ({pool.max_workers} workers)",
-        f"{step['engine_inline_seconds']:.3f}",
-        f"{step['speedup_inline']:.1f}x",
-    )
-    table.add_row(
-        "engine, randomness precomputed",
-        f"{step['engine_precomputed_seconds']:.3f}",
-        f"{step['speedup_precomputed']:.1f}x",
-    )
-    table.add_row(
-        "engine, DJN short exponents, inline (opt-in assumption)",
-        f"{step['engine_short_exponent_seconds']:.3f}",
-        f"{step['speedup_short_exponent']:.1f}x",
-    )
-    table.add_row(
-        "  (precomputing 256+2 obfuscators, idle time)", f"{step['precompute_seconds']:.3f}", ""
-    )
-    console.print(table)
-    ph = Table(title="inline step phases (s)")
-    ph.add_column("phase")
-    ph.add_column("pool", justify="right")
-    ph.add_column("1 core (profiled)", justify="right")
-    for k, v in step["phases_inline"].items():
-        ph.add_row(k, f"{v:.4f}", f"{step['phases_serial_profiled'].get(k, 0):.4f}")
-    console.print(ph)
-    prof = Table(title="profile of the inline step on 1 core: top by cumulative time")
-    for col in ("function", "calls", "tottime s", "cumtime s"):
-        prof.add_column(col, justify="left" if col == "function" else "right")
-    for r in step["profile"]["top_cumulative"]:
-        prof.add_row(
-            r["function"], str(r["calls"]), f"{r['tottime_s']:.4f}", f"{r['cumtime_s']:.4f}"
-        )
-    console.print(prof)
-    if epoch:
-        et = Table(
-            title=f"vertical LR epoch: {args.rows} rows, 30 + 300 features, batch {args.batch}"
-        )
-        for col in ("system", "cores", "s/epoch", "core-seconds"):
-            et.add_column(col, justify="left" if col == "system" else "right")
-        how = (
-            f"extrapolated from {epoch['measured_rows']} rows"
-            if epoch["extrapolated"]
-            else "measured"
-        )
-        et.add_row(
-            f"vfl engine ({how})",
-            str(cores),
-            f"{epoch['epoch_seconds']:.1f}",
-            f"{epoch['epoch_seconds'] * cores:.0f}",
-        )
-        et.add_row(
-            "FATE 2.x (reported, 100k rows)",
-            str(FATE_CORES),
-            f"{FATE_SECONDS:.0f}",
-            f"{FATE_SECONDS * FATE_CORES:.0f}",
-        )
-        console.print(et)
-        if epoch["extrapolated"]:
-            console.print(
-                f"[yellow]epoch time extrapolated linearly from "
-                f"{epoch['measured_batches']} measured batches[/]"
-            )
-    result = {
-        "key_bits": 2048,
-        "cores": cores,
-        "workers": pool.max_workers,
-        "engine_seconds": step["engine_inline_seconds"],
-        "engine_seconds_is": "inline randomness (nothing precomputed)",
-        "engine_precomputed_seconds": step["engine_precomputed_seconds"],
-        "phe_loop_seconds": step["phe_loop_seconds"],
-        "speedup": step["speedup_inline"],
-        "speedup_precomputed": step["speedup_precomputed"],
-        "speedup_short_exponent": step["speedup_short_exponent"],
-        "epoch_rows": args.rows,
-        "epoch_seconds": epoch["epoch_seconds"] if epoch else None,
-        "extrapolated": epoch["extrapolated"] if epoch else None,
-        "measured_rows": epoch["measured_rows"] if epoch else None,
-        "fate_reference": {"seconds": FATE_SECONDS, "cores": FATE_CORES, "rows": FATE_ROWS},
-        "step": step,
-        "epoch": epoch,
-        "profile_summary": step["profile"],
+    res["total_s"] = time.perf_counter() - t_all
+    res["machine"]["calibration"] = {
+        "start": calib_start,
+        "end": {"mulmod_us": mulmod_us(keyring.public_key), "loadavg": os.getloadavg()},
+        "note": "4096-bit mulmod (mod n^2) in this process; the README's idle-machine figure "
+        "is 3.7 us",
     }
+    res["where_the_time_goes"] = where_the_time_goes(res)
+    print_tables(res, console)
+    cal = res["machine"]["calibration"]
+    console.print(
+        f"total {res['total_s']:.0f} s; 4096-bit mulmod {cal['start']['mulmod_us']:.1f} us at "
+        f"start, {cal['end']['mulmod_us']:.1f} us at end (load {cal['start']['loadavg'][0]:.1f}"
+        f" -> {cal['end']['loadavg'][0]:.1f} on {res['machine']['cores']} cores)"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=str)
+            json.dump(res, f, indent=2, default=str)
         console.print(f"wrote {args.json}")
+    if args.markdown:
+        write_markdown(res, args.markdown)
+        console.print(f"wrote {args.markdown}")
 
 
 if __name__ == "__main__":
