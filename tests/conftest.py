@@ -42,7 +42,7 @@ def make_vertical_tables(n=240, seed=0, overlap=0.85, widths=(4, 5, 6)):
     return tables
 
 
-def test_policy():
+def insecure_policy():
     from vfl.config import SecurityPolicy
 
     return SecurityPolicy(min_key_bits=512, allow_insecure_test_key=True)
@@ -54,7 +54,7 @@ def aligned_federation(tables, transport=None, active="hospital", policy="test")
     from vfl.federation import Federation
     from vfl.parties import ActiveParty, PassiveParty
 
-    policy = test_policy() if policy == "test" else policy
+    policy = insecure_policy() if policy == "test" else policy
     parties = [ActiveParty(active, tables[active], policy=policy)]
     parties += [PassiveParty(n, t, policy=policy) for n, t in tables.items() if n != active]
     fed = Federation(parties, transport)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from unlearning.store import CheckpointStore
+from vfl.source_layer import plaintext_view
 
 EPS = 1e-7
 
@@ -76,7 +77,10 @@ def flatten_state(tree) -> list[np.ndarray]:
 
 
 def max_param_diff(a: dict[str, dict], b: dict[str, dict]) -> float:
-    """Max |a - b| over every party's parameters and optimizer state."""
+    """Max |a - b| over every party's parameters and optimizer state. Encrypted source
+    layers (``paillier``) are compared on decrypted values: the ciphertexts, random shares
+    and keys of two runs differ, the model does not."""
+    a, b = plaintext_view(a), plaintext_view(b)
     worst = 0.0
     for party in a:
         la = flatten_state({"p": a[party]["params"], "o": a[party]["opt_state"]})

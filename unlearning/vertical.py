@@ -40,7 +40,7 @@ import numpy as np
 from unlearning.contract import AdapterBase, register
 from unlearning.errors import RunDirError
 from unlearning.store import Checkpoint
-from vfl.config import TrainConfig
+from vfl.config import SecurityPolicy, TrainConfig
 from vfl.federation import Federation
 from vfl.parties import PartyState
 from vfl.schedule import SlicePlan, ids_digest
@@ -300,7 +300,10 @@ class VerticalAdapter(AdapterBase):
             item = self.pool.take(slot[1])
             if item is not None:
                 return CheckpointingTrainer.from_pool(item, self.config, self.plan, slot)
-        fed = Federation.from_tables(self.tables, self.active)
+        # The run's operator pinned the protocol and key length in the manifest's config.
+        fed = Federation.from_tables(
+            self.tables, self.active, policy=SecurityPolicy.pinned(self.config)
+        )
         ids = np.asarray(ids, dtype=object)
         for party in fed.parties.values():
             party.on_aligned(ids)  # party-local: its PSI result minus erased ids

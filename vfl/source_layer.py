@@ -412,3 +412,46 @@ def private_key_from_tree(tree: dict, *, insecure_test_key: bool = False) -> Pri
         pub, mpz(int.from_bytes(bytes(tree["p"]), "big")),
         mpz(int.from_bytes(bytes(tree["q"]), "big")),
     )
+
+
+def plaintext_view(states: dict[str, dict]) -> dict[str, dict]:
+    """Auditor/test view of every party's checkpointed state with the ``paillier`` source
+    layers decrypted (with the active party's key, found in its own state): what two runs
+    must agree on. Primal: ``W = U + V`` (the random share ``U`` differs between runs);
+    dual: ``W0`` and ``P``. Key material is dropped. Plain states pass through unchanged.
+    Never called by a protocol message: in a deployment no single party holds all of this.
+    """
+    key_tree = next(
+        (s["params"]["key"] for s in states.values() if isinstance(s.get("params"), dict)
+         and "key" in s["params"]),
+        None,
+    )
+    if key_tree is None:
+        return states
+    sk = private_key_from_tree(key_tree, insecure_test_key=True)
+    out = {}
+    for name, st in states.items():
+        params = st.get("params")
+        if isinstance(params, dict) and "source" in params:
+            src = params["source"]
+            enc = EncryptedArray.from_bytes(bytes(src["state"]), sk.public_key)
+            from vfl.crypto import decrypt_array
+
+            ints = decrypt_array(sk, enc)
+            share = np.asarray(src["share"], dtype=np.int64).astype(object)
+            if src["form"] == "primal":
+                w = ints.reshape(share.shape) + share
+                view = {"W": np.array([int(v) for v in w.reshape(-1)], dtype=np.float64).reshape(
+                    share.shape) / 2.0**WEIGHT_FRAC_BITS}
+            else:
+                view = {
+                    "W0": np.asarray(src["share"], dtype=np.float64) / 2.0**COEF_FRAC_BITS,
+                    "P": np.array([int(v) for v in ints.reshape(-1)], dtype=np.float64).reshape(
+                        enc.shape) / 2.0**COEF_FRAC_BITS,
+                }
+            out[name] = dict(st) | {"params": view}
+        elif isinstance(params, dict) and "key" in params:
+            out[name] = dict(st) | {"params": {k: v for k, v in params.items() if k != "key"}}
+        else:
+            out[name] = st
+    return out
