@@ -5,7 +5,8 @@ and SCAFFOLD control; it is reachable only through :meth:`handle`. What it tells
 
 * ``setup.stats`` -> server: per-column count, sum and sum of squares of its training rows
   (``plaintext-by-design``: aggregate moments, so the federation standardizes with the
-  pooled mean and standard deviation, exactly what a centralized analyst would use);
+  pooled mean and standard deviation, exactly what a centralized analyst would use), and
+  its training row count ``n_train``, which bounds the example counts of its updates;
 * ``setup.ready`` -> coordinator: its training and test row counts (``public``: the
   simulation sizes its compiled program from them);
 * ``fit.update`` -> server: its model delta (raw or compressed), example count, steps done
@@ -31,7 +32,7 @@ from horizontal.local import compiled_predict
 from horizontal.model import FlatModel
 from horizontal.schedule import id_hashes, local_batches, steps_per_epoch
 from horizontal.simulation import LocalExecutor, LocalJob
-from vfl.errors import ProtocolError
+from vfl.errors import PayloadShapeError, ProtocolError, UnexpectedSenderError
 from vfl.messages import COORDINATOR, Label, Message
 from vfl.parties import PartyState
 from vfl.party import Party, handles
@@ -42,6 +43,19 @@ SERVER = "server"
 
 
 class HospitalClient(Party):
+    """Only its server may send it setup, the scaler, the global model and evaluation or
+    fine-tuning requests; only the coordinator asks it to collect (:attr:`SENDERS`, checked
+    in :meth:`handle` before any handler runs)."""
+
+    SENDERS = {
+        "setup": "server",
+        "setup.scaler": "server",
+        "fit": "server",
+        "evaluate": "server",
+        "finetune": "server",
+        "fit.collect": "coordinator",
+    }
+
     def __init__(self, name: str, table: PartyTable, executor: LocalExecutor,
                  server: str = SERVER):
         super().__init__(name)
@@ -55,11 +69,39 @@ class HospitalClient(Party):
         self.server = server
         self.config: FedConfig | None = None
 
+    def handle(self, message: Message) -> list[Message]:
+        role = self.SENDERS.get(message.kind)
+        if role is None and message.kind in self._handlers:
+            raise UnexpectedSenderError(
+                f"client {self.name!r} has no sender rule for {message.kind!r} messages; add "
+                "the kind to HospitalClient.SENDERS"
+            )
+        expected = {"server": self.server, "coordinator": COORDINATOR}.get(role)
+        if expected is not None and message.sender != expected:
+            raise UnexpectedSenderError(
+                f"client {self.name!r} got {message.kind!r} from {message.sender!r}; only "
+                f"{expected!r} may send it. The message is ignored."
+            )
+        return super().handle(message)
+
+    def send(self, receiver, kind, label, payload=None, round=None, label_dependent=False):
+        # Every ``setup.stats`` declares all of this client's training rows (``n_train``),
+        # also when its moments cover a subset (SISA slices): the server bounds the example
+        # count of each later update by ``local_epochs * n_train``.
+        if kind == "setup.stats" and "n_train" not in (payload or {}):
+            payload = dict(payload or {}, n_train=int(len(self.train_ids)))
+        return super().send(receiver, kind, label, payload, round, label_dependent)
+
     # -- setup ------------------------------------------------------------------------------
     @handles("setup")
     def on_setup(self, msg: Message) -> list[Message]:
-        config = FedConfig.from_json(msg.payload["config"])
-        columns = tuple(msg.payload["columns"])
+        config = FedConfig.from_json(msg.payload.get("config"))
+        columns = msg.payload.get("columns")
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise ProtocolError(
+                f"client {self.name!r} got a setup without a list of column names"
+            )
+        columns = tuple(columns)
         if self.table.columns != columns:
             lost = [c for c in columns if c not in self.table.columns]
             extra = [c for c in self.table.columns if c not in columns]
@@ -91,13 +133,32 @@ class HospitalClient(Party):
             "sum": self._raw_train.sum(axis=0),
             "sumsq": (self._raw_train**2).sum(axis=0),
         }
+        if not (np.isfinite(stats["sum"]).all() and np.isfinite(stats["sumsq"]).all()):
+            raise FedConfigError(
+                f"client {self.name!r}: the column sums of its rows overflow float64 (values "
+                "of magnitude ~1e150 or more); rescale those columns before joining"
+            )
         return [self.send(self.server, "setup.stats", Label.PLAINTEXT_BY_DESIGN, stats)]
 
     @handles("setup.scaler")
     def on_scaler(self, msg: Message) -> list[Message]:
         c = self.config
-        mean = np.asarray(msg.payload["mean"], dtype=np.float64)
-        scale = np.asarray(msg.payload["scale"], dtype=np.float64)
+        d = self._raw_train.shape[1]
+        try:
+            mean = np.asarray(msg.payload["mean"], dtype=np.float64)
+            scale = np.asarray(msg.payload["scale"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            mean = scale = np.zeros(0)
+        if mean.shape != (d,) or scale.shape != (d,):
+            raise PayloadShapeError(
+                f"client {self.name!r} got a scaler of shapes {mean.shape}/{scale.shape}, "
+                f"expected ({d},) each; server and client disagree on the schema"
+            )
+        if not (np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise PayloadShapeError(
+                f"client {self.name!r} got a scaler with NaN/Inf values or non-positive "
+                "scales; it would erase its features. Setup must be redone."
+            )
         self.x_train = ((self._raw_train - mean) / scale).astype(np.float32)
         self.x_test = ((self._raw_test - mean) / scale).astype(np.float32)
         d = self.x_train.shape[1]
@@ -121,11 +182,19 @@ class HospitalClient(Party):
 
     # -- a training round ---------------------------------------------------------------------
     def _start_vector(self, global_w: np.ndarray) -> np.ndarray:
-        w = np.array(global_w, dtype=np.float32, copy=True)
+        try:
+            w = np.array(global_w, dtype=np.float32, copy=True)
+        except (TypeError, ValueError):
+            w = np.zeros(0, np.float32)
         if w.shape != (self.model.size,):
             raise ProtocolError(
                 f"client {self.name!r} got a global model of shape {w.shape}, expected "
                 f"({self.model.size},); server and client disagree on the architecture"
+            )
+        if not np.isfinite(w).all():
+            raise ProtocolError(
+                f"client {self.name!r} got a global model with NaN/Inf parameters; it does "
+                "not train on it"
             )
         if self.personal_head is not None:
             w[self.model.head_mask] = self.personal_head

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+import numbers
+from dataclasses import dataclass, field, fields
 
 from horizontal.errors import FedConfigError, NoClientsSampledError
 from horizontal.heterogeneity import SystemsConfig
@@ -69,6 +70,35 @@ class FedConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise FedConfigError(f"{name} must be one of {allowed}, got {value!r}")
+        whole = ("rounds", "local_epochs", "batch_size", "krum_f", "seed", "max_retries",
+                 "clients_per_round")
+        for name in whole:
+            value = getattr(self, name)
+            if value is None and name == "clients_per_round":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise FedConfigError(f"{name} must be a whole number, got {value!r}")
+        real = ("client_lr", "mu", "server_lr", "trim_fraction", "topk_fraction",
+                "test_fraction", "fraction")
+        for name in real:
+            value = getattr(self, name)
+            if value is None and name in ("server_lr", "fraction"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+                math.isfinite(value)
+            ):
+                raise FedConfigError(f"{name} must be a finite number, got {value!r}")
+        if not isinstance(self.error_feedback, bool):
+            raise FedConfigError(f"error_feedback must be True or False, got "
+                                 f"{self.error_feedback!r}")
+        if not isinstance(self.task, Task) or not isinstance(self.systems, SystemsConfig):
+            raise FedConfigError("task must be a Task and systems a SystemsConfig")
+        if not isinstance(self.hidden, tuple | list) or not all(
+            isinstance(h, numbers.Integral) and not isinstance(h, bool) and h > 0
+            for h in self.hidden
+        ):
+            raise FedConfigError(f"hidden must be a tuple of positive layer widths, got "
+                                 f"{self.hidden!r}")
         positive = {"rounds": self.rounds, "local_epochs": self.local_epochs,
                     "batch_size": self.batch_size, "client_lr": self.client_lr}
         for name, value in positive.items():
@@ -153,12 +183,26 @@ class FedConfig:
 
     @classmethod
     def from_json(cls, obj: dict) -> FedConfig:
+        """The config sent at setup; a malformed one raises :class:`FedConfigError`."""
+        if not isinstance(obj, dict):
+            raise FedConfigError(f"a setup config must be a map, got {type(obj).__name__}")
+        unknown = sorted(set(obj) - {f.name for f in fields(cls)}, key=str)
+        if unknown:
+            raise FedConfigError(f"unknown setting(s) {unknown} in the setup config")
         obj = dict(obj)
-        t = obj.pop("task")
-        obj["task"] = Task(t["kind"], t["n_classes"])
-        obj["hidden"] = tuple(obj["hidden"])
-        obj["systems"] = SystemsConfig.from_json(obj["systems"])
-        return cls(**obj)
+        try:
+            t = obj.pop("task")
+            obj["task"] = Task(t["kind"], t["n_classes"])
+            obj["hidden"] = tuple(obj["hidden"])
+            obj["systems"] = SystemsConfig.from_json(obj["systems"])
+            return cls(**obj)
+        except FedConfigError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise FedConfigError(
+                f"malformed setup config ({type(exc).__name__}: {exc}); the server and the "
+                "client must run the same version"
+            ) from None
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()

@@ -54,3 +54,16 @@ class EmptyRoundError(HorizontalError):
 
 class AllClientsDroppedError(EmptyRoundError):
     """Every sampled client dropped out of a round."""
+
+
+class InflatedExampleCountError(InvalidExampleCountError):
+    """A client reported more examples than its rows declared at setup allow."""
+
+
+class InvalidSetupStatsError(BadUpdateError, ValueError):
+    """A client's setup statistics (row counts, column sums) are malformed, non-finite or
+    impossible; the client is left out of the federation."""
+
+
+class PooledScalerError(HorizontalError, ValueError):
+    """The clients' statistics, each valid, overflow float64 when pooled."""

@@ -1,12 +1,14 @@
 """The federation server: holds the global model and the server optimizer state.
 
 It samples the clients of a round, sends them the global model (``public``: every member
-may know it), validates each update *before* storing it (shape, finiteness, example count;
-a bad update raises a specific :class:`~horizontal.errors.BadUpdateError` naming the
-client and leaves the server untouched), and on ``round.aggregate`` combines the stored
-updates with the configured aggregator and takes one server-optimizer step. The new
-global model is committed in one assignment at the end, so a failure anywhere in a round
-leaves the previous global model intact.
+may know it), validates each update *before* storing it (shape, finiteness, example count
+at most ``local_epochs`` times the training rows the client declared at setup; a bad update
+raises a specific :class:`~horizontal.errors.BadUpdateError` naming the client and leaves
+the server untouched), refuses non-finite or impossible setup statistics, accepts each
+message kind only from its allowed sender (:attr:`FedServer.SENDERS`), and on
+``round.aggregate`` combines the stored updates with the configured aggregator and takes
+one server-optimizer step. The new global model is committed in one assignment at the
+end, so a failure anywhere in a round leaves the previous global model intact.
 """
 
 from __future__ import annotations
@@ -20,25 +22,101 @@ from horizontal.compression import decode
 from horizontal.config import FedConfig
 from horizontal.errors import (
     EmptyRoundError,
+    InflatedExampleCountError,
     InvalidExampleCountError,
+    InvalidSetupStatsError,
     NonFiniteUpdateError,
+    PooledScalerError,
     UpdateShapeError,
 )
 from horizontal.model import FlatModel
 from horizontal.schedule import sample_clients
 from horizontal.strategies import aggregate, server_optimizer
-from vfl.errors import ProtocolError
+from vfl.errors import ProtocolError, UnexpectedSenderError
 from vfl.messages import COORDINATOR, Label, Message
 from vfl.parties import PartyState
 from vfl.party import Party, handles
 
 SERVER = "server"
+# Most training rows one client may declare at setup (about 10^12): counts stay exact in
+# float64 weights, and no declaration can be absurd.
+MAX_CLIENT_ROWS = 2**40
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
+        v, bool | np.bool_
+    )
 
 
 class FedServer(Party):
+    """Only the coordinator may drive the server (setup, rounds, evaluation requests); only
+    invited clients may send ``setup.stats`` and only members ``fit.update``
+    (:attr:`SENDERS`, checked in :meth:`handle` before any handler runs)."""
+
+    SENDERS = {
+        "setup": "coordinator",
+        "setup.finish": "coordinator",
+        "round.start": "coordinator",
+        "round.retry": "coordinator",
+        "round.aggregate": "coordinator",
+        "eval.request": "coordinator",
+        "finetune.request": "coordinator",
+        "setup.stats": "invited",
+        "fit.update": "member",
+    }
+
     def __init__(self, name: str = SERVER):
         super().__init__(name)
         self.config: FedConfig | None = None
+        self.invited: list[str] = []
+        self.members: list[str] = []
+        self._rows: dict[str, int] = {}
+
+    def handle(self, message: Message) -> list[Message]:
+        self._check_sender(message)
+        declared = self._declared_rows(message) if message.kind == "setup.stats" else None
+        replies = super().handle(message)
+        if declared is not None:  # recorded only once the statistics were accepted
+            self._rows[message.sender] = declared
+        return replies
+
+    def _check_sender(self, msg: Message) -> None:
+        role = self.SENDERS.get(msg.kind)
+        allowed = {"coordinator": (COORDINATOR,), "invited": self.invited,
+                   "member": self.members}.get(role)
+        if allowed is None and msg.kind in self._handlers:
+            raise UnexpectedSenderError(
+                f"server {self.name!r} has no sender rule for {msg.kind!r} messages; add "
+                "the kind to FedServer.SENDERS"
+            )
+        if allowed is not None and msg.sender not in allowed:
+            who = {"coordinator": "the coordinator", "invited": "an invited client",
+                   "member": "a member client"}[role]
+            raise UnexpectedSenderError(
+                f"server {self.name!r} got {msg.kind!r} from {msg.sender!r}; only {who} "
+                "may send it. The message is ignored."
+            )
+
+    def _declared_rows(self, msg: Message) -> int:
+        """The training rows a client declares with its setup statistics (``n_train``;
+        ``n`` if absent): its updates may not claim more than ``local_epochs`` times this."""
+        p = msg.payload
+        n, rows = p.get("n"), p.get("n_train", p.get("n"))
+        if not _is_int(n) or not _is_int(rows) or not (
+            max(int(n), 1) <= int(rows) <= MAX_CLIENT_ROWS
+        ):
+            raise InvalidSetupStatsError(
+                msg.sender, f"client {msg.sender!r} declared {rows!r} training rows and "
+                f"{n!r} rows in its statistics; expected whole numbers with "
+                f"1 <= rows <= {MAX_CLIENT_ROWS} and statistics rows <= training rows. It "
+                "is left out of the federation."
+            )
+        return int(rows)
 
     # -- setup ------------------------------------------------------------------------------
     @handles("setup")
@@ -46,6 +124,8 @@ class FedServer(Party):
         self.config = FedConfig.from_json(msg.payload["config"])
         self.columns = list(msg.payload["columns"])
         self.invited = list(msg.payload["clients"])
+        self.members = []
+        self._rows = {}
         self._stats: dict[str, dict] = {}
         self.completed_round = -1
         self.reset_rounds(None)
@@ -54,15 +134,33 @@ class FedServer(Party):
 
     @handles("setup.stats")
     def on_stats(self, msg: Message) -> list[Message]:
-        p = msg.payload
+        p, who = msg.payload, msg.sender
         d = len(self.columns)
-        s, ss = np.asarray(p["sum"], np.float64), np.asarray(p["sumsq"], np.float64)
-        if s.shape != (d,) or ss.shape != (d,) or int(p["n"]) < 1:
+        try:
+            s, ss = np.asarray(p["sum"], np.float64), np.asarray(p["sumsq"], np.float64)
+        except (KeyError, TypeError, ValueError):
+            s = ss = np.zeros(0)
+        n = p.get("n")
+        if s.shape != (d,) or ss.shape != (d,) or not _is_int(n) or n < 1:
             raise UpdateShapeError(
-                msg.sender, f"setup statistics from {msg.sender!r} do not match the "
-                f"{d}-column schema or report no rows"
+                who, f"setup statistics from {who!r} do not match the {d}-column schema or "
+                "report no rows"
             )
-        self._stats[msg.sender] = {"n": int(p["n"]), "sum": s, "sumsq": ss}
+        n = int(n)
+        if not (np.isfinite(s).all() and np.isfinite(ss).all()):
+            raise InvalidSetupStatsError(
+                who, f"setup statistics from {who!r} hold NaN or Inf column sums; the "
+                "pooled scaler would be poisoned. The client is left out; check its rows "
+                "for huge or infinite values."
+            )
+        # Cauchy-Schwarz: sum^2 <= n * sumsq for any real rows (with rounding slack).
+        if (ss < 0).any() or (s**2 > n * ss * (1 + 1e-6) + 1e-9).any():
+            raise InvalidSetupStatsError(
+                who, f"setup statistics from {who!r} are impossible for {n} real rows "
+                "(negative sum of squares, or a sum too large for it); the client is left "
+                "out of the federation"
+            )
+        self._stats[who] = {"n": n, "sum": s, "sumsq": ss}
         return []
 
     @handles("setup.finish")
@@ -72,8 +170,17 @@ class FedServer(Party):
         c = self.config
         self.members = sorted(self._stats)
         n = sum(v["n"] for v in self._stats.values())
-        mean = sum(v["sum"] for v in self._stats.values()) / n
-        var = sum(v["sumsq"] for v in self._stats.values()) / n - mean**2
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = sum(v["sum"] for v in self._stats.values()) / n
+            var = sum(v["sumsq"] for v in self._stats.values()) / n - mean**2
+        if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+            cols = [c for j, c in enumerate(self.columns)
+                    if not (np.isfinite(mean[j]) and np.isfinite(var[j]))]
+            raise PooledScalerError(
+                f"the pooled statistics of columns {cols} overflow float64 (values of "
+                "magnitude ~1e150 or more at some client); rescale those columns at every "
+                "client and set up again"
+            )
         std = np.sqrt(np.maximum(var, 0.0))
         scale = np.where(std > 1e-12, std, 1.0)
         self.model = FlatModel(len(self.columns), c.hidden, c.task.n_outputs, c.seed)
@@ -118,10 +225,15 @@ class FedServer(Party):
     def on_round_retry(self, msg: Message) -> list[Message]:
         """Re-sample a round whose clients all failed (``round`` travels in the payload
         because the header round of a retry repeats the original one)."""
-        r = int(msg.payload["round"])
+        p = msg.payload
+        r, attempt, exclude = p.get("round"), p.get("attempt"), p.get("exclude")
+        if not (_is_int(r) and _is_int(attempt) and attempt >= 0 and isinstance(exclude, list)
+                and all(isinstance(e, str) for e in exclude)):
+            raise ProtocolError("a round retry needs an integer round and attempt and a list "
+                                "of client names to exclude")
         if r != self._round:
             raise ProtocolError(f"retry for round {r}, but the open round is {self._round}")
-        return self._fit_messages(r, int(msg.payload["attempt"]), msg.payload["exclude"])
+        return self._fit_messages(int(r), int(attempt), exclude)
 
     @handles("fit.update")
     def on_update(self, msg: Message) -> list[Message]:
@@ -136,6 +248,22 @@ class FedServer(Party):
                 client, f"client {client!r} reported {n!r} examples in round {r}; an update "
                 "must come from a positive whole number of examples. Its update is not used."
             )
+        bound = self.config.local_epochs * self._rows.get(client, 0)
+        if n > bound:
+            raise InflatedExampleCountError(
+                client, f"client {client!r} reported {n} examples in round {r}, but it "
+                f"declared {self._rows.get(client, 0)} training rows at setup and does "
+                f"{self.config.local_epochs} local epochs (at most {bound} examples); its "
+                "update would be over-weighted and is not used"
+            )
+        steps, full, loss = p.get("steps", 0), p.get("full_steps", 0), p.get("loss", np.nan)
+        if not (_is_int(steps) and _is_int(full) and min(steps, full) >= 0
+                and _is_real(loss)):
+            raise UpdateShapeError(
+                client, f"update from client {client!r} in round {r} has malformed steps "
+                f"({steps!r}), full_steps ({full!r}) or loss ({loss!r}); expected counts "
+                "and a number. It is not used."
+            )
         delta = decode(p.get("update", {}), len(self.shared), client)
         if not np.isfinite(delta).all():
             bad = int((~np.isfinite(delta)).sum())
@@ -143,10 +271,12 @@ class FedServer(Party):
                 client, f"update from client {client!r} in round {r} has {bad} NaN/Inf "
                 "values (diverged local training? lower client_lr); it is not used"
             )
-        entry = {"delta": delta, "n": n, "loss": float(p.get("loss", np.nan)),
-                 "partial": int(p.get("steps", 0)) < int(p.get("full_steps", 0))}
+        entry = {"delta": delta, "n": n, "loss": float(loss), "partial": int(steps) < int(full)}
         if self.control is not None:
-            dc = np.asarray(p.get("delta_c", []), dtype=np.float32)
+            try:
+                dc = np.asarray(p.get("delta_c", []), dtype=np.float32)
+            except (TypeError, ValueError):
+                dc = np.zeros(0, np.float32)
             if dc.shape != (self.model.size,) or not np.isfinite(dc).all():
                 raise UpdateShapeError(
                     client, f"SCAFFOLD control delta from {client!r} has shape {dc.shape} or "

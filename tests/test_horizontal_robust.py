@@ -198,7 +198,6 @@ def test_robust_aggregators_resist_a_byzantine_client():
                 return replies
             p = dict(replies[0].payload)
             p["update"] = {"scheme": "none", "v": np.full_like(p["update"]["v"], 50.0)}
-            p["num_examples"] = 10_000
             return [self.send("server", "fit.update", replies[0].label, p, round=msg.round)]
 
     base = dict(hidden=(4,), rounds=8, batch_size=16, client_lr=0.2)

@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from vfl import serialization
-from vfl.errors import TransportError
+from vfl.errors import WireFormatError
 
 COORDINATOR = "coordinator"
 
@@ -35,6 +35,10 @@ class Label(StrEnum):
     CIPHERTEXT = "ciphertext"
     MASKED = "masked"
     PLAINTEXT_BY_DESIGN = "plaintext-by-design"
+
+
+_LABELS = frozenset(label.value for label in Label)
+_ROUND_MIN, _ROUND_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,47 @@ class Message:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Message:
+        """Decode and validate a message; any malformed field raises
+        :class:`~vfl.errors.WireFormatError` naming it."""
         obj = serialization.loads(data)
-        try:
-            sender, receiver, kind, label, rnd, dep = obj["h"]
-            return cls(sender, receiver, kind, Label(label), obj["p"], rnd, bool(dep))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TransportError(f"malformed message header: {exc}") from exc
+        if not isinstance(obj, dict) or set(obj) != {"h", "p"}:
+            keys = sorted(map(str, obj)) if isinstance(obj, dict) else None
+            raise WireFormatError(
+                "message: expected a map with keys 'h' (header) and 'p' (payload), got "
+                + (f"keys {keys}" if keys is not None else type(obj).__name__)
+            )
+        head, payload = obj["h"], obj["p"]
+        if not isinstance(head, list) or len(head) != 6:
+            raise WireFormatError(
+                "message header: expected a list [sender, receiver, kind, label, round, "
+                f"label_dependent], got {type(head).__name__}"
+                + (f" of length {len(head)}" if isinstance(head, list) else "")
+            )
+        sender, receiver, kind, label, rnd, dep = head
+        for name, value in (("sender", sender), ("receiver", receiver), ("kind", kind)):
+            if not isinstance(value, str):
+                raise WireFormatError(
+                    f"message {name}: expected a string, got {type(value).__name__}"
+                )
+        if not isinstance(label, str) or label not in _LABELS:
+            raise WireFormatError(
+                f"message label: {label!r} is not one of {sorted(_LABELS)}"
+            )
+        if rnd is not None and (
+            not isinstance(rnd, int) or isinstance(rnd, bool) or not _ROUND_MIN <= rnd <= _ROUND_MAX
+        ):
+            raise WireFormatError(
+                f"message round: expected a 64-bit integer or None, got {type(rnd).__name__}"
+            )
+        if not isinstance(dep, bool):
+            raise WireFormatError(
+                f"message label_dependent: expected a bool, got {type(dep).__name__}"
+            )
+        if not isinstance(payload, dict):
+            raise WireFormatError(
+                f"message payload: expected a map, got {type(payload).__name__}"
+            )
+        bad = [k for k in payload if not isinstance(k, str)]
+        if bad:
+            raise WireFormatError(f"message payload: keys must be strings, got {bad[:3]!r}")
+        return cls(sender, receiver, kind, Label(label), payload, rnd, dep)

@@ -7,12 +7,17 @@ protocol code downstream can assume clean float64 matrices:
 * feature columns are numeric (encode categories yourself, or via the dataset loaders);
 * NaN is an error naming the columns and counts, unless an explicit imputation policy is
   given (``"mean"``, ``"median"``, ``"zero"``, ``"drop-rows"``, or a per-column dict).
-  Imputation statistics are computed from this party's own rows only.
+  Imputation statistics are computed from this party's own rows only;
+* values are finite and at most :data:`MAX_FEATURE_MAGNITUDE` in magnitude (larger ones
+  cannot be standardized in float64), labels are finite, the label and identifier columns
+  are never also features, and column names are unique;
+* a missing, unreadable or empty CSV/Parquet file raises a :class:`DataFileError` naming it.
 """
 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +25,26 @@ from pathlib import Path
 import numpy as np
 
 from vfl.errors import (
+    DataFileError,
+    DuplicateColumnError,
     DuplicateIdError,
+    EmptyDataFileError,
+    FeatureMagnitudeError,
+    IdAsFeatureError,
+    LabelAsFeatureError,
     MissingColumnError,
     MissingIdError,
     MissingValuesError,
+    NonFiniteLabelError,
     NonNumericColumnError,
     PartyDataError,
     SchemaMismatchError,
 )
 
 IMPUTE_POLICIES = ("mean", "median", "zero", "drop-rows")
+# Largest feature magnitude accepted: squares (standardization, pooled moments) stay far from
+# float64's 1.8e308 even summed over 1e8 rows. Real clinical values are many orders smaller.
+MAX_FEATURE_MAGNITUDE = 1e150
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,17 @@ class PartyTable:
                 )
         if feature_columns is None:
             feature_columns = [c for c in frame.columns if c not in (id_column, label_column)]
+        feature_columns = list(feature_columns)
+        if label_column is not None and label_column in feature_columns:
+            raise LabelAsFeatureError(
+                f"the label column {label_column!r} is also listed as a feature column; the "
+                "model would be trained on the answer. Remove it from feature_columns."
+            )
+        if id_column in feature_columns:
+            raise IdAsFeatureError(
+                f"the identifier column {id_column!r} is also listed as a feature column; "
+                "identifiers are for alignment only. Remove it from feature_columns."
+            )
         missing = [c for c in feature_columns if c not in frame.columns]
         if missing:
             raise MissingColumnError(
@@ -140,18 +166,26 @@ class PartyTable:
     def from_csv(cls, path: str | Path, id_column: str, **kwargs) -> PartyTable:
         import pandas as pd
 
-        return cls.from_frame(pd.read_csv(path, dtype={id_column: str}), id_column, **kwargs)
+        frame = _read_file(path, "CSV", lambda p: pd.read_csv(p, dtype={id_column: str}))
+        return cls.from_frame(frame, id_column, **kwargs)
 
     @classmethod
     def from_parquet(cls, path: str | Path, id_column: str, **kwargs) -> PartyTable:
         import pandas as pd
 
-        frame = pd.read_parquet(path)
-        frame[id_column] = frame[id_column].astype(object)
+        frame = _read_file(path, "Parquet", pd.read_parquet)
+        if id_column in frame.columns:
+            frame[id_column] = frame[id_column].astype(object)
         return cls.from_frame(frame, id_column, **kwargs)
 
     @classmethod
     def _build(cls, ids, data, columns, labels, label_name, impute) -> PartyTable:
+        dup = sorted((c for c, k in Counter(columns).items() if k > 1), key=str)
+        if dup:
+            raise DuplicateColumnError(
+                f"feature columns {dup} appear more than once; give every column a distinct "
+                "name (or list it once in feature_columns)"
+            )
         ids = _check_ids(ids)
         n = len(ids)
         feats = np.empty((n, len(columns)), dtype=np.float64)
@@ -166,6 +200,11 @@ class PartyTable:
                     f"label column {label_name!r} has {int(np.isnan(labels).sum())} missing "
                     "values; drop those rows before building the table"
                 )
+            if labels.dtype.kind in "fc" and np.isinf(labels).any():
+                raise NonFiniteLabelError(
+                    f"label column {label_name!r} has {int(np.isinf(labels).sum())} infinite "
+                    "values; fix or drop those rows before building the table"
+                )
         keep, imputed = _impute(feats, columns, impute)
         if keep is not None:
             ids, feats = ids[keep], feats[keep]
@@ -173,6 +212,7 @@ class PartyTable:
         if not np.isfinite(feats).all():
             bad = [c for j, c in enumerate(columns) if not np.isfinite(feats[:, j]).all()]
             raise PartyDataError(f"columns {bad} contain infinite values; fix or drop them")
+        _check_magnitude(feats, columns)
         return cls(ids, feats, tuple(columns), labels, label_name, imputed)
 
     # -- operations -----------------------------------------------------------------------
@@ -205,6 +245,53 @@ class PartyTable:
                 f"{extra}, order {'differs' if not extra and not lost else 'n/a'}. Provide "
                 f"exactly the training columns {list(columns)} in that order."
             )
+
+
+def _read_file(path, kind: str, read):
+    """``read(path)`` as a DataFrame; a missing, unreadable, malformed or empty file raises a
+    :class:`DataFileError` naming it instead of a pandas or OS traceback."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise DataFileError(f"{kind} file {str(path)!r} {what}; check the path")
+    try:
+        frame = read(path)
+    except pd.errors.EmptyDataError:
+        raise EmptyDataFileError(
+            f"{kind} file {str(path)!r} is empty (no header, no rows); export the table with "
+            "a header row and at least one data row"
+        ) from None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:  # incl. UnicodeDecodeError
+        raise DataFileError(
+            f"{kind} file {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); check "
+            f"that it is a well-formed {kind} file"
+        ) from None
+    except Exception as exc:  # pyarrow's errors for a corrupt Parquet file
+        if type(exc).__module__.split(".")[0] not in ("pyarrow", "fastparquet"):
+            raise
+        raise DataFileError(
+            f"{kind} file {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); check "
+            f"that it is a well-formed {kind} file"
+        ) from None
+    if len(frame) == 0:
+        raise EmptyDataFileError(
+            f"{kind} file {str(path)!r} has a header but no rows ({list(frame.columns)}); "
+            "export the rows too"
+        )
+    return frame
+
+
+def _check_magnitude(feats: np.ndarray, columns) -> None:
+    big = np.abs(feats) > MAX_FEATURE_MAGNITUDE
+    if big.any():
+        cols = [c for j, c in enumerate(columns) if big[:, j].any()]
+        raise FeatureMagnitudeError(
+            f"columns {cols} hold values of magnitude above {MAX_FEATURE_MAGNITUDE:g} "
+            f"({int(big.sum())} values, largest {float(np.abs(feats).max()):.3g}); they "
+            "cannot be standardized in float64. Rescale them (other units, or a log) first."
+        )
 
 
 def _check_ids(ids) -> np.ndarray:
@@ -272,10 +359,28 @@ class Standardizer:
 
     @classmethod
     def fit(cls, features: np.ndarray) -> Standardizer:
-        mean = features.mean(axis=0)
-        std = features.std(axis=0)
+        features = np.asarray(features, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = features.mean(axis=0)
+            std = features.std(axis=0)
+        bad = ~(np.isfinite(mean) & np.isfinite(std))
+        if bad.any():
+            raise FeatureMagnitudeError(
+                f"feature columns {np.flatnonzero(bad).tolist()} (by position) have a "
+                "non-finite mean or standard deviation: their values are too large (or "
+                "infinite) to standardize in float64. Rescale them (other units, or a log)."
+            )
         # Constant columns keep scale 1 so they map to 0 instead of dividing by zero.
         return cls(mean, np.where(std > 1e-12, std, 1.0))
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        return (features - self.mean) / self.scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (features - self.mean) / self.scale
+        if not np.isfinite(out).all():
+            bad = np.flatnonzero(~np.isfinite(out).all(axis=0)).tolist()
+            raise FeatureMagnitudeError(
+                f"standardizing produced non-finite values in feature columns {bad} (by "
+                "position): the rows hold values far outside the training range or "
+                "infinite ones. Check those columns' units."
+            )
+        return out

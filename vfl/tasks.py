@@ -14,7 +14,12 @@ import numpy as np
 import optax
 
 from vfl import metrics
-from vfl.errors import ConfigError
+from vfl.errors import (
+    ConfigError,
+    LabelValueError,
+    NonFiniteLabelError,
+    NonIntegerClassLabelError,
+)
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -55,17 +60,52 @@ class Task:
         return logits[:, 0]
 
     def check_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Labels as the loss expects them; values that do not fit the task raise a
+        :class:`~vfl.errors.LabelValueError` (never a silent cast)."""
         labels = np.asarray(labels)
+        if labels.dtype == bool:
+            labels = labels.astype(np.int32)
+        if labels.dtype == object and all(
+            isinstance(v, int | float | np.number) for v in labels.ravel()
+        ):  # e.g. a pandas nullable integer column
+            labels = labels.astype(np.float64)
+        if labels.dtype.kind not in "iuf":
+            raise LabelValueError(
+                f"labels have dtype {labels.dtype}; a {self.kind} task needs numeric labels. "
+                "Encode the classes as 0..k-1 (or 0/1) first."
+            )
+        if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+            bad = int((~np.isfinite(labels)).sum())
+            raise NonFiniteLabelError(
+                f"{bad} labels are NaN or infinite; drop or fix those rows before training"
+            )
         if self.kind == "binary":
             values = set(np.unique(labels).tolist())
             if not values <= {0, 1}:
-                raise ConfigError(f"binary labels must be 0/1, got values {sorted(values)[:5]}")
+                raise LabelValueError(
+                    f"binary labels must be 0/1, got values {sorted(values)[:5]}"
+                )
             return labels.astype(np.float32)
         if self.kind == "multiclass":
-            if labels.min() < 0 or labels.max() >= self.n_classes:
-                raise ConfigError(f"class labels must be in [0, {self.n_classes})")
+            if len(labels) and labels.dtype.kind == "f":
+                frac = labels != np.round(labels)
+                if frac.any():
+                    raise NonIntegerClassLabelError(
+                        f"{int(frac.sum())} class labels are not whole numbers (e.g. "
+                        f"{float(labels[frac][0])!r}); class labels must be the integers "
+                        f"0..{self.n_classes - 1}. Re-encode them; they are never rounded."
+                    )
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.n_classes):
+                raise LabelValueError(f"class labels must be in [0, {self.n_classes})")
             return labels.astype(np.int32)
-        return labels.astype(np.float32)
+        with np.errstate(over="ignore"):
+            out = labels.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise NonFiniteLabelError(
+                f"regression labels up to {float(np.abs(labels).max()):.3g} overflow float32; "
+                "rescale the target (other units, or a log) before training"
+            )
+        return out
 
     def evaluate(self, scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         scores, labels = np.asarray(scores), np.asarray(labels)
