@@ -1,4 +1,5 @@
-"""Label-leakage audit: the attacks of Li et al. (2021) on what a passive party received.
+"""Leakage audit: label attacks on what each passive party received, and Gram recovery by
+the active party.
 
 Reference: Oscar Li, Jiankai Sun, Xin Yang, Weihao Gao, Hongyi Zhang, Junyuan Xie, Virginia
 Smith, Chong Wang, "Label Leakage and Protection in Two-party Split Learning", ICLR 2022,
@@ -24,16 +25,21 @@ receiver is that party, and :func:`audit_label_leakage` runs the attacks on them
   ids. *Every* received gradient is used (all rounds, all epochs), each labelled with the
   label of its row id: the paper attacks one epoch's gradients, using all epochs gives the
   attacker more samples and is at least as informative about the per-row leak.
-* ``paillier`` protocol: the passive receives ``train.enc_cut_gradient`` (ciphertexts under
-  the active party's key) and ``train.masked_gradient_plain`` (its own gradient summed over
-  the batch, still masked by the mask it chose, which it removes itself). No per-sample
-  plaintext reaches it, so the per-sample attacks have nothing to score: their AUC is 0.5 by
-  construction (the report says so instead of running them on ciphertexts). What the passive
-  does learn is its *aggregate* batch gradient. The passive cannot unmask it from the
-  message alone (the mask is its own private state), so the audit takes the unmasked
-  aggregates as an optional input (``aggregate_gradients``) and reports a batch-level score:
-  the AUC of the aggregate-gradient norm for predicting whether a batch holds more positives
-  than the median batch (``batch_norm_auc``).
+* ``paillier-masked-gradient``: the passive receives ``train.enc_cut_gradient``
+  (ciphertexts) and ``train.masked_gradient_plain`` (its own batch-aggregate gradient, still
+  masked by the mask it chose, which it removes itself). No per-sample values: norm and
+  direction are not run (NaN, with the reason). What it learns is its aggregate gradient
+  ``g = J^T delta``, and it knows ``J``: :func:`aggregate_inversion_auc` solves for
+  ``delta`` by least squares (exact once it has rows x width parameters) and scores the
+  recovered rows; the batch-level norm score (``batch_norm_auc``) is kept as well.
+* ``paillier`` (the federated source layer): the passive receives only ``train.enc_update``
+  ciphertexts and public control. :func:`ciphertext_inversion_auc` runs the same inversion
+  on them (the per-row ciphertexts are positional, so the system is the identity).
+* against the active party, :func:`gram_recovery_error` measures how well it recovers a
+  passive's ``X X^T`` from the embeddings it decrypts (the same under ``plain`` and
+  ``paillier``).
+
+Every number here is an attack's result; nothing is assumed to be 0.5.
 """
 
 from __future__ import annotations

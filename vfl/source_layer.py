@@ -29,6 +29,15 @@ Backward (active -> passive, :meth:`EncryptedSourceLayer.apply_update`)
     (dual storage, ``h = X W0 + (X X^T)[[P]]``) entirely under encryption. Nothing is
     decrypted for the passive, ever.
 
+What each protocol reveals to whom (measured by :mod:`vfl.audit`; README "Vertical
+protocols")::
+
+    protocol                  passive receives             active receives from a passive
+    plain                     dL/dh per sample (leaks)     h (reveals X X^T)
+    paillier-masked-gradient  [[delta]], its own J^T delta h, J^T delta + R (masked)
+                              (invertible: refused)
+    paillier (this module)    [[dP]] ciphertexts only      h (reveals X X^T, as plain)
+
 Storage forms. ``primal`` stores ``[[V]]`` (``d x w`` ciphertexts) and costs ``O(B d w)``
 exponentiations per forward; ``dual`` stores ``[[P]]`` (``N x w``) and costs ``O(B N w)``.
 ``auto`` picks ``dual`` when the party is wider than the training set (``N < d``: 20,000
