@@ -26,11 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vfl.config import TrainConfig
-from vfl.errors import CheckpointError, ProtocolError
+from vfl.errors import CheckpointError, ConfigError, ProtocolError
 from vfl.federation import Federation
 from vfl.parties import PartyState
 from vfl.progress import progress_bar
 from vfl.schedule import SlicePlan
+
+
+#: Fewer aligned rows than this cannot give a model and a held-out metric worth reporting.
+MIN_ALIGNED_ROWS = 10
 
 
 @dataclass
@@ -117,6 +121,19 @@ class SplitTrainer:
             self.phase_starts = list(starts)
         if self.n_train == 0:
             raise ProtocolError("no training rows after the split; lower test_fraction")
+        aligned = self.n_train + self.n_test
+        if aligned < MIN_ALIGNED_ROWS:
+            raise ConfigError(
+                f"only {aligned} aligned rows: too few to train and evaluate a model (at least "
+                f"{MIN_ALIGNED_ROWS}); check the identifier columns or align more patients"
+            )
+        if self.config.test_fraction > 0 and self.n_test == 0:
+            # Metrics on zero rows are NaN: refuse instead of reporting them.
+            raise ConfigError(
+                f"only {self.n_train + self.n_test} aligned rows and none held out for testing "
+                f"at test_fraction={self.config.test_fraction}; align more patients, or set "
+                "test_fraction=0 and evaluate on the training split"
+            )
         layouts = {m.sender: m.payload["layout"] for m in replies if "layout" in m.payload}
         if layouts:
             # Public control: what the key holder will decrypt from each passive, fixed
@@ -206,6 +223,13 @@ class SplitTrainer:
         return history
 
     def evaluate(self, split: str = "test", *, with_scores: bool = False) -> dict:
+        if split not in ("test", "train"):
+            raise ConfigError(f"split must be 'test' or 'train', got {split!r}")
+        if self._setup_done and (self.n_test if split == "test" else self.n_train) == 0:
+            raise ConfigError(
+                f"the {split} split has no rows (test_fraction={self.config.test_fraction}); "
+                "evaluate another split"
+            )
         fed, c = self.federation, self.coordinator
         c.exchange([c.request(p, "predict.forward", {"split": split}) for p in fed.passives])
         (reply,) = c.exchange(

@@ -12,7 +12,10 @@ For values with ``|v| < 2**magnitude_bits``:
   ``2**(magnitude_bits + 1)``;
 * ``headroom_bits`` extra bits let up to ``2**headroom_bits`` packed plaintexts (or packed
   ciphertexts, homomorphically) be added without a carry crossing into the next slot;
-* ``slot_bits = magnitude_bits + 1 + headroom_bits``;
+* ``guard_bits`` (default 1) stay zero in every valid slot: a value that left its range
+  (packed homomorphically, so never range-checked at packing time) sets them, and
+  :meth:`PackingLayout.unpack` reports the overflow instead of returning a wrapped value;
+* ``slot_bits = magnitude_bits + 1 + headroom_bits + guard_bits``;
 * ``slots_per_plaintext = (bit_length(max_int) - 1) // slot_bits`` with
   ``max_int = n // 3 - 1``, so a packed value stays below ``2**(bit_length(max_int) - 1)
   <= max_int`` and decodes as a non-negative plaintext.
@@ -39,14 +42,17 @@ class PackingLayout:
 
     magnitude_bits: int
     headroom_bits: int = 0
+    guard_bits: int = 1
 
     def __post_init__(self):
         if int(self.magnitude_bits) < 1 or int(self.headroom_bits) < 0:
             raise ValueError("magnitude_bits must be >= 1 and headroom_bits >= 0")
+        if int(self.guard_bits) < 0:
+            raise ValueError("guard_bits must be >= 0")
 
     @property
     def slot_bits(self) -> int:
-        return int(self.magnitude_bits) + 1 + int(self.headroom_bits)
+        return int(self.magnitude_bits) + 1 + int(self.headroom_bits) + int(self.guard_bits)
 
     @property
     def offset(self) -> int:
@@ -106,6 +112,8 @@ class PackingLayout:
         packed = [int(p) for p in packed]
         if len(packed) != self.packed_count(count, public_key):
             raise ValueError(f"{len(packed)} packed plaintexts cannot hold exactly {count} values")
+        # the largest raw slot value ``terms`` in-range values can sum to
+        ceiling = terms * (1 << (int(self.magnitude_bits) + 1)) if self.guard_bits else None
         out = np.empty(int(count), dtype=object)
         k = 0
         for p in packed:
@@ -115,7 +123,14 @@ class PackingLayout:
                     "layout (more magnitude or headroom bits)"
                 )
             for _ in range(min(s, int(count) - k)):
-                out[k] = (p & mask) - shift_off
+                raw = p & mask
+                if ceiling is not None and raw >= ceiling:
+                    raise FixedPointOverflowError(
+                        f"packed slot {k} overflowed its {self.magnitude_bits} magnitude bits "
+                        "(its guard bits are set); the values left the layout's range: widen "
+                        "the layout or bound the values"
+                    )
+                out[k] = raw - shift_off
                 p >>= w
                 k += 1
         return out
