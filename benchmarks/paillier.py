@@ -654,7 +654,6 @@ def run_epoch_source(args, keyring, pool, console, rng):
         rows_done += len(pos)
         console.print(f"  paillier round {b + 1}/{measure}: {sum(meter.wall.values()):7.2f} s")
     per_round = meter.summary(measure)
-    scale = rows / rows_done
     pos = batch_rows(0)
     fwd, upd = recode_seconds(xp[pos]), recode_seconds(np.ascontiguousarray(xp[pos].T))
     round_cpu = per_round["active_cpu_s"] + per_round["passive_cpu_s"]
@@ -670,6 +669,20 @@ def run_epoch_source(args, keyring, pool, console, rng):
         "batch": batch,
         "active_features": EPOCH_ACTIVE_FEATURES,
         "passive_features": EPOCH_PASSIVE_FEATURES,
+        **epoch_totals(per_round, n_rounds, measure, rows, rows_done),
+        "setup_initialize": setup,
+        "passive_optimizer": "sgd",
+        "recode_x": recode,
+    }
+    del xp
+    return out
+
+
+def epoch_totals(per_round: dict, n_rounds: int, measure: int, rows: int, rows_done: int):
+    """An epoch's totals from ``measure`` measured rounds covering ``rows_done`` rows,
+    scaled to ``rows`` (``extrapolated`` says whether it was)."""
+    scale = rows / rows_done
+    return {
         "rounds_per_epoch": n_rounds,
         "measured_rounds": measure,
         "measured_rows": rows_done,
@@ -678,12 +691,7 @@ def run_epoch_source(args, keyring, pool, console, rng):
         "epoch_s": per_round["round_s"] * measure * scale,
         "active_cpu_s": per_round["active_cpu_s"] * measure * scale,
         "passive_cpu_s": per_round["passive_cpu_s"] * measure * scale,
-        "setup_initialize": setup,
-        "passive_optimizer": "sgd",
-        "recode_x": recode,
     }
-    del xp
-    return out
 
 
 def run_epoch_masked(args, keyring, pool, console, rng):
@@ -719,19 +727,11 @@ def run_epoch_masked(args, keyring, pool, console, rng):
             f"  masked-gradient batch {b + 1}/{measure}: {sum(meter.wall.values()):7.2f} s"
         )
     per_round = meter.summary(measure)
-    scale = rows / rows_done
     return {
         "protocol": "paillier-masked-gradient",
         "rows": rows,
         "batch": batch,
-        "rounds_per_epoch": n_batches,
-        "measured_rounds": measure,
-        "measured_rows": rows_done,
-        "extrapolated": rows_done != rows,
-        "per_round": per_round,
-        "epoch_s": per_round["round_s"] * measure * scale,
-        "active_cpu_s": per_round["active_cpu_s"] * measure * scale,
-        "passive_cpu_s": per_round["passive_cpu_s"] * measure * scale,
+        **epoch_totals(per_round, n_batches, measure, rows, rows_done),
     }
 
 

@@ -72,3 +72,12 @@ def run(base_run, tmp_path):
     """A private copy of the module's trained ``base_run`` that a test may erase from freely
     (for the unlearning modules that define a module-scoped ``base_run``)."""
     return copy_run(base_run, tmp_path)
+
+
+@pytest.fixture
+def serial_default_pool(monkeypatch):
+    """Keep the Paillier engine's default pool serial in unit tests (process start-up would
+    dominate); the parallel paths have their own tests."""
+    from vfl.crypto import WorkerPool, parallel
+
+    monkeypatch.setattr(parallel, "_DEFAULT", WorkerPool(1))

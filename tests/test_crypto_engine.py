@@ -21,7 +21,6 @@ from phe.encoding import EncodedNumber
 
 import vfl.crypto as vc
 from vfl.crypto import codec as codec_mod
-from vfl.crypto import parallel
 from vfl.crypto.multiexp import METHODS
 
 FAST = settings(
@@ -29,11 +28,7 @@ FAST = settings(
 )
 
 
-@pytest.fixture(autouse=True)
-def serial_default_pool(monkeypatch):
-    # Keep the default pool serial in unit tests (process start-up would dominate);
-    # the parallel path has its own test below.
-    monkeypatch.setattr(parallel, "_DEFAULT", vc.WorkerPool(1))
+pytestmark = pytest.mark.usefixtures("serial_default_pool")
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,7 @@ from vfl.crypto import randomness as rmod
 DRAWS = 96
 
 
-@pytest.fixture(autouse=True)
-def serial_default_pool(monkeypatch):
-    monkeypatch.setattr(parallel, "_DEFAULT", vc.WorkerPool(1))
+pytestmark = pytest.mark.usefixtures("serial_default_pool")
 
 
 @pytest.fixture(scope="module")

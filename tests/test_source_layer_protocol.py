@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import RecordingTransport, aligned_federation, make_vertical_tables
+from tests.test_paillier_protocol import trained as run
 from vfl.audit import aggregate_inversion_auc
 from vfl.config import SecurityPolicy, TrainConfig
 from vfl.crypto import EncryptedArray, FixedPointOverflowError, encrypt_array, pack_encrypted
@@ -36,13 +37,6 @@ MLP_TOP = ModelConfig("linear", "mlp", embed_dim=2, top_hidden=(4,))
 BASE = TrainConfig(Task("binary"), MLP_TOP, epochs=2, batch_size=32, learning_rate=0.2,
                    optimizer="sgd", seed=5, key_bits=512, insecure_test_key=True)
 PARAM_TOL = 1e-5
-
-
-def run(tables, config, transport=None, **fit):
-    fed = aligned_federation(tables, transport)
-    trainer = SplitTrainer(fed, config)
-    trainer.fit(progress=False, **fit)
-    return fed, trainer
 
 
 def plain_params(fed):
