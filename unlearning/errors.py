@@ -45,3 +45,13 @@ class MethodUnavailableError(UnlearningError):
 class ShadowAttackError(UnlearningError):
     """The shadow-model membership attack cannot run: too few never-seen rows for the
     shadows and the probes, labels that are not classes, or bad attack settings."""
+
+
+class RunLockedError(RunDirError):
+    """Another operator holds the run directory's lock (a command that changes the run is
+    already running); wait for it or try again later."""
+
+
+class RunInconsistentError(RunDirError):
+    """The run directory's deletion registry, store, lineage or log disagree in a way only
+    tampering (or a restore from mismatched copies) explains; nothing is changed."""

@@ -9,6 +9,14 @@ never committed are deleted) and then serves it to the end; once the index swap 
 rolls forward. Repeated requests return the earlier certificate; unknown patients raise
 :class:`UnknownPatientError` before anything is written.
 
+Every public call holds the run directory's lock (:meth:`RunDir.lock`; ``lock_timeout``:
+None waits, 0 refuses, else seconds) and, when it takes the lock, first finishes what a
+crash left (a torn audit append, stray temporary files) and refuses to go on
+(:class:`AuditTamperError`, :class:`RunInconsistentError`) when the audit log does not
+verify or ``erased.json`` is not bound to it. The log names no patient: locations are
+counted per party and the data deletion carries the erased ids' keyed digests, signed by
+every party that deleted; the certificate entry is co-signed by those parties.
+
 A :class:`ClientRemovalRequest` (a hospital leaves a horizontal federation) goes through the
 same steps and journal with ``method="approx"``: located (every row of the client), data
 deleted at the client (its rows and its own update log), model unlearned by FedEraser-style
@@ -31,17 +39,21 @@ import numpy as np
 
 from unlearning import certificate as certs
 from unlearning.errors import (
+    AuditTamperError,
     ErasureInterrupted,
     MethodUnavailableError,
+    RunInconsistentError,
     UnknownPatientError,
     UnlearningError,
 )
+from unlearning.keys import COORDINATOR
 from unlearning.lineage import Lineage
 from unlearning.methods import approximate, exact
 from unlearning.methods.sisa import is_sisa
-from unlearning.run import RunDir, publish
+from unlearning.run import STAGED_LINEAGE, RunDir, publish
 from unlearning.store import atomic_write, sha256
 from unlearning.verification import checkpoints_free_of, figures, heldout_figures
+from vfl import fileio
 
 METHODS = ("exact", "sisa", "approx")
 PATIENT_METHODS = ("exact", "sisa")
@@ -50,6 +62,8 @@ APPROX_GUARANTEE = (
     "updates; the client's rows and update log are deleted and no checkpoint it influenced "
     "is kept, but the model is not equal to a retrain without it (see verification)"
 )
+#: audit-log faults a crash in the middle of an append leaves (AuditLog.repair finishes them)
+REPAIRABLE = ("torn_append", "appended_after_head", "head_record_stale")
 STEPS = ("received", "located", "data_deleted", "unlearned", "committed", "purged",
          "verified", "certified")
 
@@ -139,7 +153,8 @@ class ClientRemovalRequest:
 class ErasureService:
     def __init__(self, run: RunDir | str, *, crash_at: str | None = None,
                  retrain: bool = False, on_step: Callable[[str, dict], None] | None = None,
-                 verify_seed: int = 0):
+                 verify_seed: int = 0, lock_timeout: float | None = None,
+                 on_wait: Callable[[str], None] | None = None):
         self.run = run if isinstance(run, RunDir) else RunDir(run)
         if crash_at is not None and crash_at not in STEPS:
             raise ValueError(f"crash_at must be one of {STEPS}")
@@ -147,7 +162,48 @@ class ErasureService:
         self.retrain = retrain
         self.on_step = on_step or (lambda step, info: None)
         self.verify_seed = verify_seed
+        self.lock_timeout = lock_timeout
+        self.on_wait = on_wait
+        self.repairs: list[str] = []  # what taking the lock last had to finish or clean
         self._staged_rid: str | None = None  # request whose lineage run.lineage holds, staged
+
+    # -- the run's lock and the checks made on taking it ---------------------------------------
+    @contextlib.contextmanager
+    def session(self):
+        """Hold the run's lock for the block (within a held lock: nothing more); on taking
+        it, finish what a crash left and refuse a log that does not verify or a registry
+        not bound to it."""
+        if self.run.holds_lock():
+            yield self.run
+            return
+        with self.run.lock(timeout=self.lock_timeout, on_wait=self.on_wait) as run:
+            self._open_checks(run)
+            yield run
+
+    def _open_checks(self, run: RunDir) -> None:
+        result = run.audit.verify()
+        fixes = []
+        if not result.ok and result.fault in REPAIRABLE:
+            fixes = run.audit.repair()  # an append a crash cut short
+            result = run.audit.verify()
+        if not result.ok:
+            raise AuditTamperError(
+                f"refusing to change run {run.path}: its audit log does not verify (entry "
+                f"{result.first_bad}: {result.reason}). Nothing was changed; inspect it with "
+                "`vfl audit verify` and restore the log from a trusted copy"
+            )
+        problems = run.erasure_binding()
+        if problems:
+            raise RunInconsistentError(
+                f"refusing to change run {run.path}: its deletion registry (erased.json) is not "
+                f"the one the audit log records: {'; '.join(problems[:3])}"
+                f"{' ...' if len(problems) > 3 else ''}. Nothing was changed; restore "
+                "erased.json from a trusted copy (`vfl check` lists every problem)"
+            )
+        stray = run.clean_stray()
+        self.repairs = fixes + [f"removed {p}" for p in stray]
+        if self.repairs:
+            run.audit.append("run.repaired", fixes=fixes, stray_files=len(stray))
 
     # -- journal ---------------------------------------------------------------------------
     def _journal_path(self, rid: str):
@@ -178,6 +234,10 @@ class ErasureService:
 
     # -- public API ------------------------------------------------------------------------
     def submit(self, request: ErasureRequest | ClientRemovalRequest) -> dict:
+        with self.session():
+            return self._submit(request)
+
+    def _submit(self, request: ErasureRequest | ClientRemovalRequest) -> dict:
         run = self.run
         rid = request.request_id
         if self._journal_path(rid).exists():
@@ -206,9 +266,12 @@ class ErasureService:
         t0 = time.perf_counter()
         self._journal(rid, request=request.to_json(), patients=todo, holders=holders,
                       t0=time.time())
-        run.audit.append("erasure.received", request_id=rid, patients=len(todo),
-                         party=request.party, reason=request.reason, time=request.time,
-                         method=request.method)
+        # the party that received the request co-signs it (when it is one of the run's)
+        received_by = [COORDINATOR] + (
+            [request.party] if request.party in run.lineage.g.graph.get("parties", []) else [])
+        run.audit.append("erasure.received", by=received_by, request_id=rid,
+                         patients=len(todo), party=request.party, reason=request.reason,
+                         time=request.time, method=request.method)
         self._done(rid, "received", {"request_id": rid, "patients": len(todo)})
         return self._serve(rid, t0)
 
@@ -228,11 +291,24 @@ class ErasureService:
         return self.submit(merged)
 
     def recover(self) -> list[dict]:
-        if not self.run.journal_dir.exists():
-            return []
-        return [self._resume(p.stem) for p in sorted(self.run.journal_dir.glob("*.json"))]
+        """Serve every erasure a crash interrupted to the end (under the lock; stray
+        temporary files are removed on taking it). Returns their certificates."""
+        with self.session():
+            if not self.run.journal_dir.exists():
+                return []
+            return [self._resume(p.stem) for p in sorted(self.run.journal_dir.glob("*.json"))]
 
     # -- internals -------------------------------------------------------------------------
+    def _digests(self, pids) -> list[str]:
+        return sorted(self.run.erased_digest(p) for p in pids)
+
+    @staticmethod
+    def _parties(j: dict) -> list[str]:
+        """The parties that deleted the request's data."""
+        if j.get("kind") == "client_removal":
+            return [j["client"]]
+        return sorted({h for hs in j["holders"].values() for h in hs})
+
     def _already(self, request: ErasureRequest) -> dict | None:
         cert = self.run.certificate(request.request_id)
         if cert is not None:
@@ -245,19 +321,36 @@ class ErasureService:
                 return cert if len(rids) == 1 else cert | {"covered_by": rids}
         return None
 
+    def _certified(self, rid: str) -> dict | None:
+        """The request's certificate, if it was written and logged (then only removing its
+        journal was left undone)."""
+        cert = self.run.certificate(rid)
+        if cert is None:
+            return None
+        digest = sha256(certs.canonical(cert))
+        for e in reversed(self.run.audit.entries()):
+            if e["kind"] == "erasure.certificate" and e["data"].get("request_id") == rid:
+                return cert if e["data"].get("certificate_sha256") == digest else None
+        return None
+
     def _resume(self, rid: str) -> dict:
         run = self.run
+        done = self._certified(rid)
+        if done is not None:
+            # certified before the crash: the journal (patient ids in the clear) is all
+            # that was left
+            fileio.remove(self._journal_path(rid))
+            return done
         j = json.loads(self._journal_path(rid).read_text())
         step = j.get("step", "received")
-        staged = run.path / "lineage.staged.json"
+        staged = run.path / STAGED_LINEAGE
         committed = j.get("staged_index_sha256") == run.store.index_digest() and j.get(
             "staged_index_sha256") is not None
         if committed:
             action = "roll forward"
         else:
             # Roll back: drop everything staged and never committed, then serve again.
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()
+            fileio.remove(staged)
             run.store.gc()
             action = "roll back staged work, then serve"
         run.audit.append("erasure.resumed", request_id=rid, after_step=step, action=action)
@@ -284,13 +377,13 @@ class ErasureService:
         run = self.run
         request, pids = j["request"], j["patients"]
         method = request["method"]
-        staged_path = run.path / "lineage.staged.json"
+        staged_path = run.path / STAGED_LINEAGE
         # located
         models = run.adapter().models()
         location = exact.plan(run.lineage, pids, models)
         influenced = run.lineage.influenced(pids)
         run.audit.append(
-            "erasure.located", request_id=rid, holders=j["holders"],
+            "erasure.located", request_id=rid, holders=_per_party(j["holders"]),
             models={m: {"first_influence": v["first_influence"], "rollback": v["rollback"]}
                     for m, v in location.items()},
             rounds={m: len(r) for m, r in influenced["rounds"].items()},
@@ -303,8 +396,8 @@ class ErasureService:
         # data deleted at every holder (the deletion registry the loaders honour)
         run.record_erased(pids, rid)
         parties = sorted({h for hs in j["holders"].values() for h in hs})
-        run.audit.append("erasure.data_deleted", request_id=rid, parties=parties,
-                         patients=len(pids))
+        run.audit.append("erasure.data_deleted", by=parties, request_id=rid, parties=parties,
+                         patients=len(pids), erased_ids=self._digests(pids))
         self._done(rid, "data_deleted", {"parties": parties})
         # model unlearned into a staged index and lineage
         adapter = run.adapter()
@@ -321,12 +414,15 @@ class ErasureService:
         staged_sha = sha256(json.dumps(index, sort_keys=True, indent=1).encode())
         self._journal(rid, unlearned=summary, published=pub, staged_index_sha256=staged_sha,
                       unlearn_seconds=time.perf_counter() - t0)
+        warnings = [s["warning"] for s in summary.values() if s.get("warning")]
         run.audit.append(
             "erasure.unlearned", request_id=rid, method=method,
             models={m: {k: s[k] for k in ("rollback", "rounds_replayed", "rounds_total",
                                           "seconds")} for m, s in summary.items()},
+            **({"warnings": warnings} if warnings else {}),
         )
-        self._done(rid, "unlearned", {m: s["rounds_replayed"] for m, s in summary.items()})
+        self._done(rid, "unlearned", {m: s["rounds_replayed"] for m, s in summary.items()}
+                   | ({"warnings": warnings} if warnings else {}))
         # commit: the atomic index swap is the commit point
         run.store.flush(index)
 
@@ -335,12 +431,12 @@ class ErasureService:
         run = self.run
         j = json.loads(self._journal_path(rid).read_text())
         request, pids = j["request"], j["patients"]
-        staged_path = run.path / "lineage.staged.json"
+        staged_path = run.path / STAGED_LINEAGE
         if staged_path.exists():
-            os.replace(staged_path, run.lineage_path)
+            run.commit_lineage(staged_path)
         # the graph just saved as the staged file, when this process built it; else reload
         if self._staged_rid != rid:
-            run.lineage = Lineage.load(run.lineage_path)
+            run.reload_lineage()
         self._staged_rid = None
         run.spec["published"] = j["published"]
         run.save_spec()
@@ -365,6 +461,9 @@ class ErasureService:
         extra = {}
         if j.get("kind") == "client_removal":
             extra = {"guarantee": APPROX_GUARANTEE, "calibration": j["calibration"]}
+        warnings = [s["warning"] for s in j["unlearned"].values() if s.get("warning")]
+        if warnings:
+            extra["warnings"] = warnings
         cert = certs.build(
             request,
             method=request["method"],
@@ -380,8 +479,11 @@ class ErasureService:
             **extra,
         )
         digest = certs.write(run.cert_dir / f"{rid}.json", cert, fsync=run.fsync)
-        run.audit.append("erasure.certificate", request_id=rid, certificate_sha256=digest)
-        self._journal_path(rid).unlink()
+        # the parties that deleted co-sign the certificate entry: their head records then
+        # cover the whole request
+        run.audit.append("erasure.certificate", by=(COORDINATOR, *self._parties(j)),
+                         request_id=rid, certificate_sha256=digest)
+        fileio.remove(self._journal_path(rid))
         self.on_step("certified", {"certificate": str(run.cert_dir / f"{rid}.json")})
         return cert
 
@@ -474,8 +576,9 @@ class ErasureService:
         # data deleted at the client: its rows and the update log it kept itself
         run.record_erased(pids, rid)
         approximate.delete_update_log(run.path, client, model)
-        run.audit.append("erasure.data_deleted", request_id=rid, parties=[client],
-                         patients=len(pids), update_log_deleted=True)
+        run.audit.append("erasure.data_deleted", by=[client], request_id=rid, parties=[client],
+                         patients=len(pids), update_log_deleted=True,
+                         erased_ids=self._digests(pids))
         self._done(rid, "data_deleted", {"parties": [client]})
         # model unlearned: the remaining federation, set up again (its scaler no longer has
         # the client's moments), rebuilds the global model from the owners' logs
@@ -500,7 +603,7 @@ class ErasureService:
         written = _replace_checkpoints(run, lineage, index, ckpt)
         lineage.remove_patient(pids, rid)
         pub = publish(run, lineage, index, adapter)
-        lineage.save(run.path / "lineage.staged.json", fsync=run.fsync)
+        lineage.save(run.path / STAGED_LINEAGE, fsync=run.fsync)
         if run.fsync:
             os.sync()  # the staged checkpoint is durable before the commit point
         summary = {model: {"rollback": None, "rounds_replayed": out["rounds"],
@@ -589,3 +692,13 @@ def _against_retrain(adapter, trainers: dict, retrain: dict | None, j: dict) -> 
         "speedup_vs_retrain": retrain["seconds"] / seconds if seconds > 0 else None,
         "calibration_seconds": j["calibration"]["seconds"],
     }
+
+
+def _per_party(holders: dict) -> dict[str, int]:
+    """How many of a request's patients each party holds (what the log records instead of
+    the ids: ``{patient: [party, ...]}`` -> ``{party: count}``)."""
+    out: dict[str, int] = {}
+    for parties in holders.values():
+        for p in parties:
+            out[p] = out.get(p, 0) + 1
+    return dict(sorted(out.items()))

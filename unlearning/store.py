@@ -35,6 +35,7 @@ from pathlib import Path
 from flax import serialization
 
 from unlearning.errors import CheckpointCorruptedError, CheckpointMissingError
+from vfl import fileio
 from vfl.fileio import atomic_write  # noqa: F401  (re-exported for unlearning modules)
 
 INDEX_FORMAT = "vfl-checkpoint-index/1"
@@ -89,6 +90,9 @@ class CheckpointStore:
         self.index = self._read_index()
         self._writer: ThreadPoolExecutor | None = None
         self._pending: dict[str, object] = {}  # digest -> Future of its blob write
+        #: called before the index is replaced or objects are deleted (a run directory
+        #: checks that it holds its lock)
+        self.guard = None
 
     # -- blobs -----------------------------------------------------------------------------
     def _blob_path(self, digest: str) -> Path:
@@ -165,6 +169,11 @@ class CheckpointStore:
         return {p.name for p in self.objects.glob("*/*") if not p.name.startswith(".")}
 
     # -- index -----------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Read index.json again (another process may have replaced it)."""
+        self.drain()
+        self.index = self._read_index()
+
     def _read_index(self) -> dict:
         if not self.index_path.exists():
             return {"format": INDEX_FORMAT, "models": {}}
@@ -173,6 +182,8 @@ class CheckpointStore:
     def flush(self, index: dict | None = None) -> str:
         """Atomically replace index.json (``index`` or the current one); returns its hash.
         Pending blob writes finish first: the index never names a blob not on disk."""
+        if self.guard is not None:
+            self.guard()
         self.drain()
         if index is not None:
             self.index = index
@@ -253,17 +264,41 @@ class CheckpointStore:
 
     def gc(self) -> list[str]:
         """Delete blobs no index entry names (stale or half-written); returns their hashes."""
+        if self.guard is not None:
+            self.guard()
         self.drain()
         live = self.referenced()
         gone = []
         for digest in sorted(self.blob_digests() - live):
-            with contextlib.suppress(FileNotFoundError):
-                self._blob_path(digest).unlink()
+            fileio.remove(self._blob_path(digest))
             gone.append(digest)
         for tmp in self.objects.glob("*/.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            fileio.remove(tmp)
         return gone
+
+    def bad_objects(self, model: str, round: int, index: dict | None = None) -> list[str]:
+        """The objects of a checkpoint that are missing or do not match their SHA-256."""
+        idx = index or self.index
+        entry = idx["models"][model]["rounds"][str(round)]
+        bad = []
+        for d in entry["parties"].values():
+            try:
+                self.get_blob(d)
+            except (CheckpointMissingError, CheckpointCorruptedError):
+                bad.append(d)
+        return bad
+
+    def quarantine(self, digest: str) -> Path | None:
+        """Move a corrupted object out of ``objects/`` into ``quarantine/`` (kept for
+        inspection), so that a rewrite of the same content lands again. Returns where it
+        went (None if it was missing)."""
+        src = self._blob_path(digest)
+        if not src.exists():
+            return None
+        dst = self.root / "quarantine" / digest
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fileio.replace(src, dst)
+        return dst
 
     def verify(self) -> list[str]:
         """Problems found: missing or corrupted blobs named by the index (empty = sound)."""

@@ -1,7 +1,12 @@
 """The ``vfl`` command: ``vfl list``, ``vfl run NAME [flags]`` and the unlearning commands
 ``vfl erase --run RUN_DIR --patient ID`` (or ``--client NAME --method approx``: a hospital
-leaves a horizontal federation), ``vfl audit verify RUN_DIR`` and
-``vfl lineage RUN_DIR --patient ID`` (run directories written by the scenarios).
+leaves a horizontal federation), ``vfl audit verify RUN_DIR [--keys DIR]``,
+``vfl lineage RUN_DIR --patient ID`` and ``vfl check RUN_DIR`` (run directories written by
+the scenarios).
+
+``vfl erase`` holds the run directory's lock while it works: a second one on the same run
+waits for it (``--lock-timeout SECONDS`` to give up, ``0`` to refuse at once), and it
+refuses a run whose audit log does not verify. ``vfl audit verify`` only reads.
 
 Scenarios live in the top-level ``scenarios`` package and are found by name at run time,
 so the library never imports them.
@@ -68,15 +73,28 @@ def main(argv=None) -> int:
     erase.add_argument("--party", default=None, help="the party that received the request")
     erase.add_argument("--retrain", action="store_true",
                        help="also retrain from scratch and report the agreement")
+    erase.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                       help="when another operator is changing the run: give up after this "
+                       "many seconds (0: refuse at once; default: wait)")
     audit = sub.add_parser("audit", help="audit-log commands: vfl audit verify RUN_DIR")
     audit.add_argument("action", choices=["verify"])
     audit.add_argument("run", type=Path)
+    audit.add_argument("--keys", type=Path, default=None, metavar="DIR",
+                       help="trusted public keys (NAME.pub files) kept outside the run "
+                       "directory; default: the run's keys/")
     lineage = sub.add_parser("lineage", help="what a patient influenced in a run")
     lineage.add_argument("run", type=Path)
     lineage.add_argument("--patient", required=True)
+    check = sub.add_parser("check", help="consistency of a run directory: store, lineage, "
+                           "audit log and deletion registry")
+    check.add_argument("run", type=Path)
+    check.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                       help="give up waiting for a command changing the run after this many "
+                       "seconds (default: wait)")
+    check.add_argument("--json", action="store_true", help="print the problems as JSON")
     args = parser.parse_args(argv)
 
-    if args.command in ("erase", "audit", "lineage"):
+    if args.command in ("erase", "audit", "lineage", "check"):
         return _unlearning_command(args)
     names = _scenario_names()
     if args.command == "list":
@@ -100,46 +118,21 @@ def main(argv=None) -> int:
 
 
 def _unlearning_command(args) -> int:
-    """``vfl erase`` / ``vfl audit verify`` / ``vfl lineage``; 0 ok, 1 verification failed,
-    2 bad input (the message says what to do)."""
+    """``vfl erase`` / ``vfl audit verify`` / ``vfl lineage`` / ``vfl check``; 0 ok, 1
+    verification failed (or a run that does not verify was refused), 2 bad input or a busy
+    run (the message says what to do)."""
     import unlearning  # noqa: F401  (registers the trainer adapters)
-    from unlearning.errors import UnlearningError
+    from unlearning.errors import AuditTamperError, RunInconsistentError, UnlearningError
     from unlearning.run import RunDir
 
     try:
         if args.command == "audit":
-            from unlearning.audit_log import AuditLog
-
-            if not (args.run / "audit.jsonl").exists():
-                raise UnlearningError(f"{args.run} has no audit.jsonl; is it a run directory?")
-            result = AuditLog(args.run / "audit.jsonl").verify()
-            print(json.dumps(result.to_json(), indent=1))
-            print("audit log OK" if result.ok else
-                  f"TAMPERED or MISSING at entry {result.first_bad}: {result.reason}")
-            return 0 if result.ok else 1
+            return _audit_verify(args)
         run = RunDir(args.run)
         if args.command == "lineage":
-            pid = args.patient
-            erased = run.erased()
-            if pid in erased:
-                print(f"patient {pid} was erased by request {erased[pid]}; certificate: "
-                      f"{run.cert_dir / (erased[pid] + '.json')}")
-                return 0
-            holders = run.lineage.holders(pid) or run.adapter().holders(pid)
-            if not holders:
-                print(f"no party holds patient {pid!r} in this run")
-                return 2
-            inf = run.lineage.influenced([pid])
-            print(f"patient {pid}: held by {', '.join(holders)}")
-            if not inf["rounds"] and not inf["setup"]:
-                print("  influenced no training round (held-out or not aligned)")
-            for model, rounds in sorted(inf["rounds"].items()):
-                print(f"  {model}: setup={'yes' if model in inf['setup'] else 'no'}, "
-                      f"rounds {rounds[0]}..{rounds[-1]} ({len(rounds)}), checkpoints "
-                      f"{len(inf['checkpoints'].get(model, []))}, last uninfluenced checkpoint "
-                      f"{run.lineage.last_uninfluenced_checkpoint([pid], model)}")
-            print(f"  published models: {', '.join(inf['models']) or 'none'}")
-            return 0
+            return _lineage(run, args.patient)
+        if args.command == "check":
+            return _check(run, args)
         from unlearning.requests import ErasureService
 
         request = _erase_request(args)  # validated before anything is touched
@@ -148,16 +141,107 @@ def _unlearning_command(args) -> int:
             shown = {k: v for k, v in info.items() if not isinstance(v, list | dict)}
             print(f"[{name}] {json.dumps(shown if name == 'verified' else info)}")
 
-        service = ErasureService(run, retrain=args.retrain, on_step=step)
-        for cert in service.recover():
-            print(f"recovered an interrupted erasure: {cert['request']['request_id']}")
-        cert = service.submit(request)
+        def waiting(message):
+            print(message, file=sys.stderr, flush=True)
+
+        service = ErasureService(run, retrain=args.retrain, on_step=step,
+                                 lock_timeout=args.lock_timeout, on_wait=waiting)
+        with service.session():
+            for fix in service.repairs:
+                print(f"repaired: {fix}")
+            for cert in service.recover():
+                print(f"recovered an interrupted erasure: {cert['request']['request_id']}")
+            cert = service.submit(request)
         print("certificate:")
         print(json.dumps(cert, indent=1, sort_keys=True))
         return 0
+    except (AuditTamperError, RunInconsistentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except UnlearningError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _audit_verify(args) -> int:
+    """Read-only: nothing in the run directory is created, repaired or rewritten."""
+    from unlearning.audit_log import AuditLog
+    from unlearning.errors import UnlearningError
+    from unlearning.keys import Keyring
+
+    if not (args.run / "audit.jsonl").exists():
+        raise UnlearningError(f"{args.run} has no audit.jsonl; is it a run directory?")
+    trusted = None
+    if args.keys is not None:
+        if not args.keys.is_dir():
+            raise UnlearningError(f"--keys {args.keys} is not a folder of NAME.pub files")
+        trusted = Keyring(args.keys).public_keys()
+    log = AuditLog(args.run / "audit.jsonl", keyring=Keyring(args.run / "keys"),
+                   heads_dir=args.run / "heads")
+    result = log.verify(trusted_keys=trusted)
+    print(json.dumps(result.to_json(), indent=1))
+    if result.ok:
+        how = (f"hash chain and signatures of {', '.join(result.signers)}" if result.signed
+               else "hash chain only (an unsigned log)")
+        print(f"audit log OK ({result.entries} entries; {how})")
+    else:
+        print(f"FAILED at entry {result.first_bad} ({result.fault}): {result.reason}")
+    return 0 if result.ok else 1
+
+
+def _lineage(run, pid: str) -> int:
+    """What the committed state says about ``pid``: an erasure that stopped before its
+    commit point (staged work, an uncommitted registry entry) does not count."""
+    for j in run.in_flight():
+        if pid in j["patients"]:
+            state = ("committed; recovery finishes it" if j["committed"] else
+                     "not committed; recovery rolls it back and serves it again")
+            print(f"note: an erasure of patient {pid} (request {j['request_id']}) stopped "
+                  f"after step {j['step']!r} ({state}); run `vfl erase` on this run to "
+                  "recover it")
+    erased = run.committed_erased()
+    if pid in erased:
+        print(f"patient {pid} was erased by request {erased[pid]}; certificate: "
+              f"{run.cert_dir / (erased[pid] + '.json')}")
+        return 0
+    lineage = run.committed_lineage()
+    holders = lineage.holders(pid) or run.adapter().holders(pid)
+    if not holders:
+        print(f"no party holds patient {pid!r} in this run")
+        return 2
+    inf = lineage.influenced([pid])
+    print(f"patient {pid}: held by {', '.join(holders)}")
+    if not inf["rounds"] and not inf["setup"]:
+        print("  influenced no training round (held-out or not aligned)")
+    for model, rounds in sorted(inf["rounds"].items()):
+        print(f"  {model}: setup={'yes' if model in inf['setup'] else 'no'}, "
+              f"rounds {rounds[0]}..{rounds[-1]} ({len(rounds)}), checkpoints "
+              f"{len(inf['checkpoints'].get(model, []))}, last uninfluenced checkpoint "
+              f"{lineage.last_uninfluenced_checkpoint([pid], model)}")
+    print(f"  published models: {', '.join(inf['models']) or 'none'}")
+    return 0
+
+
+def _check(run, args) -> int:
+    """``RunDir.consistency()`` under a shared lock (no command changes the run meanwhile);
+    exit status 1 when there are problems."""
+    with run.lock(timeout=args.lock_timeout, shared=True,
+                  on_wait=lambda m: print(m, file=sys.stderr, flush=True)):
+        problems = run.consistency()
+        flying = run.in_flight()
+    if args.json:
+        print(json.dumps({"run": str(run.path), "ok": not problems, "problems": problems},
+                         indent=1))
+    elif problems:
+        print(f"run {run.path}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        if flying:
+            print("  an interrupted erasure is finished by the next `vfl erase` on this run")
+    else:
+        print(f"run {run.path}: consistent (store, lineage, audit log and deletion registry "
+              "agree)")
+    return 1 if problems else 0
 
 
 def _erase_request(args):

@@ -32,7 +32,6 @@ from vfl.parties import PartyState
 from vfl.progress import progress_bar
 from vfl.schedule import SlicePlan
 
-
 #: Fewer aligned rows than this cannot give a model and a held-out metric worth reporting.
 MIN_ALIGNED_ROWS = 10
 

@@ -60,6 +60,7 @@ from horizontal.trainer import FederatedTrainer
 from unlearning.errors import MethodUnavailableError, RunDirError
 from unlearning.store import atomic_write
 from unlearning.verification import auc
+from vfl import fileio
 
 OWNERS_DIR = "owners"  # RUN_DIR/owners/CLIENT/: what a client keeps itself, not the server
 
@@ -205,8 +206,7 @@ def delete_update_log(run_path: str | Path, client: str, model: str) -> None:
     """The client deletes its log (it leaves, or its model was replayed without it); its
     folder goes too once empty."""
     path = update_log_path(run_path, client, model)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    fileio.remove(path)
     with contextlib.suppress(OSError):  # not empty: the client keeps other models' logs
         path.parent.rmdir()
 
