@@ -477,3 +477,16 @@ def test_a_run_written_before_signed_logs_still_serves(run):
     result = final.audit.verify()
     assert result.ok and result.signed
     assert final.consistency() == []
+
+
+def test_unknown_receiving_party_is_refused(run):
+    """Before: ``--party`` was recorded whatever it named."""
+    from unlearning.errors import UnknownPartyNameError
+    from unlearning.requests import ErasureRequest, ErasureService
+
+    pid = sorted(run.adapter().split_ids()["train"])[0]
+    log = run.path / "audit.jsonl"
+    before = log.read_bytes()
+    with pytest.raises(UnknownPartyNameError, match="not a party of this run"):
+        ErasureService(run).submit(ErasureRequest(pid, party="no-such-lab"))
+    assert log.read_bytes() == before

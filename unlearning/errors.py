@@ -55,3 +55,7 @@ class RunLockedError(RunDirError):
 class RunInconsistentError(RunDirError):
     """The run directory's deletion registry, store, lineage or log disagree in a way only
     tampering (or a restore from mismatched copies) explains; nothing is changed."""
+
+
+class UnknownPartyNameError(UnlearningError, ValueError):
+    """A request names a receiving party (``--party``) that is not a party of the run."""

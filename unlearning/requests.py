@@ -43,6 +43,7 @@ from unlearning.errors import (
     ErasureInterrupted,
     MethodUnavailableError,
     RunInconsistentError,
+    UnknownPartyNameError,
     UnknownPatientError,
     UnlearningError,
 )
@@ -262,6 +263,13 @@ class ErasureService:
             raise MethodUnavailableError(
                 "this run was not trained with SISA shards/slices; use --method exact, or "
                 "train a SISA run (scenarios.erasure_request does)"
+            )
+        parties = list(run.lineage.g.graph.get("parties", []))
+        if request.party is not None and parties and request.party not in parties:
+            raise UnknownPartyNameError(
+                f"--party {request.party!r} is not a party of this run (its parties: "
+                f"{parties}); name the party that received the request, or leave it out "
+                "(nothing was changed)"
             )
         t0 = time.perf_counter()
         self._journal(rid, request=request.to_json(), patients=todo, holders=holders,
