@@ -72,7 +72,7 @@ def build_parser():
         help="vertical protocol (default: paillier, the federated source layer)",
     )
     parser.add_argument(
-        "--rows", type=int, default=None, help="synthetic cohort size (default 3000, quick 800)"
+        "--rows", type=int, default=None, help="synthetic cohort size (default 3000, quick 600)"
     )
     return parser
 
@@ -113,8 +113,8 @@ def main(argv=None) -> dict:
         Task("binary"),
         linear,
         epochs=6 if args.quick else 20,
-        batch_size=32,
-        learning_rate=0.02,
+        batch_size=64,
+        learning_rate=0.05,
         optimizer="momentum",
         seed=args.seed,
         test_fraction=0.35,
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     )
 
     # -- part 2: synthetic multi-omics --------------------------------------------------------
-    n = args.rows or (800 if args.quick else 3000)
+    n = args.rows or (600 if args.quick else 3000)
     syn = make_multiomics(n=n, seed=args.seed)
     console.print(
         f"[bold]{NAME}[/] part 2: synthetic, {n} patients, parties {syn.parties}, "
@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
     syn_config = TrainConfig(
         Task("binary"),
         linear,
-        epochs=3 if args.quick else 8,
+        epochs=2 if args.quick else 8,
         batch_size=128,
         learning_rate=0.1,
         optimizer="sgd",
