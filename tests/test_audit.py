@@ -201,7 +201,7 @@ def test_audit_paillier_view_has_no_per_sample_plaintext():
         aggregates[r] = np.full(5, float(sum(labels[i] for i in batch_ids(r))))
     report = audit_label_leakage(received, batch_ids, labels)
     assert report.protocol_view == VIEW_ENCRYPTED
-    # no per-sample values to score: the attacks are not run (NaN), never "0.5 by construction"
+    # no per-sample values to score: the attacks are not run and report NaN, not a number
     assert np.isnan(report.norm_auc) and np.isnan(report.direction_auc)
     assert "no per-sample plaintext" in report.reason
     assert report.n_samples == batch * n_rounds and report.batch_norm_auc is None

@@ -1,9 +1,10 @@
 """Hostile bytes on the wire: decoding either succeeds or raises the project's own errors,
-cheaply (time linear in the input length), and every refusal names the bad field."""
+cheaply (work linear in the input length, counted in executed lines, not seconds), and
+every refusal names the bad field."""
 
 import contextlib
 import functools
-import time
+import sys
 
 import msgpack
 import numpy as np
@@ -39,35 +40,56 @@ def bigints_ext(width, count, body=b""):
     return ext(3, msgpack.packb([width, count]) + body)
 
 
-def budget(data) -> float:
-    """A hang detector, not a benchmark: generous, and linear in the input length."""
-    return 0.05 + 1e-6 * len(data)
+#: Work allowed per decode, in executed Python lines: a constant plus a linear term in the
+#: input length. Counting lines (not seconds) makes the bound deterministic: a shared machine
+#: cannot make it flaky, and a decoder that loops on a claimed size (the 2^62 BigIntArray)
+#: exceeds it at once. Native work (msgpack, numpy) is bounded separately: msgpack's
+#: length limits are the input length, and numpy only views bytes that are present.
+BASE_STEPS, STEPS_PER_BYTE = 2_000, 20
 
 
-def cpu_seconds(decode, data, tries=3) -> float:
-    """CPU time of ``decode(data)`` (VFLErrors swallowed), the best of up to ``tries`` runs.
+def step_budget(data) -> int:
+    return BASE_STEPS + STEPS_PER_BYTE * len(data)
 
-    CPU time of this process, not wall time, and a retry when over budget: the machine
-    running the tests is shared, so a wall-clock pause is not the decoder's doing. A hostile
-    input that really costs time costs it on every try.
-    """
-    best = float("inf")
-    for _ in range(tries):
-        t0 = time.process_time()
+
+class _StepCounter:
+    """A ``sys.settrace`` hook counting executed lines; it stops the decode (by raising in
+    the traced frame) once the budget is spent and remembers that it did, so a decoder that
+    turns the interruption into its own error still fails the test."""
+
+    def __init__(self, limit: int):
+        self.limit, self.steps, self.exceeded = limit, 0, False
+
+    def __call__(self, frame, event, arg):
+        if event == "line":
+            self.steps += 1
+            if self.steps > self.limit:
+                self.exceeded = True
+                raise RuntimeError("decode step budget exceeded")
+        return self
+
+
+def decode_steps(decode, data) -> _StepCounter:
+    """Run ``decode(data)`` (VFLErrors swallowed) counting its executed Python lines."""
+    counter = _StepCounter(step_budget(data))
+    sys.settrace(counter)
+    try:
         with contextlib.suppress(VFLError):
             decode(data)
-        best = min(best, time.process_time() - t0)
-        if best < budget(data):
-            break
-    return best
+    except RuntimeError:
+        if not counter.exceeded:
+            raise
+    finally:
+        sys.settrace(None)
+    return counter
 
 
 def decode_or_refuse(data):
     """Message.from_bytes and serialization.loads either succeed or raise a VFLError
-    (anything else fails the test), in time linear in ``len(data)``."""
+    (anything else fails the test), with work linear in ``len(data)``."""
     for decode in (Message.from_bytes, serialization.loads):
-        elapsed = cpu_seconds(decode, data)
-        assert elapsed < budget(data), (elapsed, len(data), bytes(data[:64]))
+        counter = decode_steps(decode, data)
+        assert not counter.exceeded, (counter.steps, len(data), bytes(data[:64]))
 
 
 # -- the explicit regressions ------------------------------------------------------------------
@@ -75,9 +97,9 @@ def test_34_byte_bigint_array_with_count_2_62_is_refused_at_once():
     """Before: ``range(2**62)`` empty slices (width 0 passes ``len(body) == width * count``)."""
     data = packed({"": bigints_ext(0, 2**62)}, head=["", "", "", "public", None, False])
     assert len(data) == 34
+    assert decode_steps(Message.from_bytes, data).steps < BASE_STEPS  # first: no hang
     with pytest.raises(WireFormatError, match="BigIntArray width"):
         Message.from_bytes(data)
-    assert cpu_seconds(Message.from_bytes, data) < 0.05
     with pytest.raises(WireFormatError, match="BigIntArray count"):
         Message.from_bytes(packed({"c": bigints_ext(1, 2**62, b"\x00" * 20)}))
 
@@ -184,7 +206,7 @@ def test_each_malformed_input_is_refused_naming_the_field(name):
     data, field = BAD[name]
     with pytest.raises(WireFormatError, match=field) as info:
         Message.from_bytes(data)
-    assert cpu_seconds(Message.from_bytes, data) < budget(data)
+    assert not decode_steps(Message.from_bytes, data).exceeded
     assert isinstance(info.value, TransportError)  # old callers catch the parent class
 
 
