@@ -318,3 +318,13 @@ def test_same_seed_same_decrypted_bits():
     for name in pa:
         assert pa[name].tobytes() == pb[name].tobytes(), name
     assert fa.parties["lab"].source.export()["state"] != fb.parties["lab"].source.export()["state"]
+
+
+def test_malformed_payload_fields_are_refused_by_name(trained):
+    fed, _ = trained
+    msg, _, _ = _embedding_msg(fed, "not bytes")
+    with pytest.raises(PayloadShapeError, match="'ct' field"):
+        fed.transport.deliver(msg)
+    no_digest = dataclasses.replace(msg, payload={"ct": b""})
+    with pytest.raises(PayloadShapeError, match="'batch_digest' field"):
+        fed.transport.deliver(no_digest)

@@ -51,8 +51,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vfl.crypto import EncryptedArray
 from vfl.messages import Message
 from vfl.metrics import roc_auc
+from vfl.source_layer import DualCoefficients
 
 PLAIN_GRADIENT_KIND = "train.cut_gradient"
 ENCRYPTED_GRADIENT_KIND = "train.enc_cut_gradient"
@@ -368,8 +370,6 @@ def ciphertext_values(data: bytes, public_key) -> np.ndarray:
     """Received ciphertext bytes as numbers the attacker can score: each ciphertext's top
     53 bits as a float in ``[0, 1)``, centred (what a party that treats the bytes as data
     sees)."""
-    from vfl.crypto import EncryptedArray
-
     enc = EncryptedArray.from_bytes(data, public_key)
     bits = int(public_key.nsquare.bit_length())
     flat = [int(c) >> max(bits - 53, 0) for c in enc.values]
@@ -412,8 +412,6 @@ def gram_recovery_error(
     Frobenius error of the recovered Gram matrix over rows seen at least twice (1.0 means
     nothing recovered). ``log``: ``(round, positions, h, delta)`` in round order.
     """
-    from vfl.source_layer import DualCoefficients
-
     dual = DualCoefficients(n_train, width, tx, everywhere=everywhere)
     seen: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for _, positions, h, delta in log:

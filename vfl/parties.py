@@ -119,6 +119,17 @@ class TrainingParty(PSIParticipant):
         self.config: TrainConfig | None = None
         self._scoring: PartyTable | None = None
 
+    @staticmethod
+    def _field(msg: Message, name: str, kind: type = bytes):
+        """A payload field of the expected type, or a refusal naming it (hostile peers)."""
+        value = msg.payload.get(name)
+        if not isinstance(value, kind):
+            raise PayloadShapeError(
+                f"{msg.kind!r} from {msg.sender!r} has no valid {name!r} field (expected "
+                f"{kind.__name__}, got {type(value).__name__}); the message is rejected"
+            )
+        return value
+
     def _expect(self, msg: Message, *senders: str) -> None:
         """Threat model: only the listed senders may send this kind of message."""
         if msg.sender not in senders:
@@ -420,7 +431,7 @@ class PassiveParty(TrainingParty):
             positions = np.arange(len(self.train_rows.ids))
         else:
             positions = self.schedule.positions(r)
-        enc = EncryptedArray.from_bytes(msg.payload["ct"], self.source.public_key)
+        enc = EncryptedArray.from_bytes(self._field(msg, "ct"), self.source.public_key)
         self.source.apply_update(positions, enc)
         return self._finish_round(r)
 
@@ -465,7 +476,7 @@ class PassiveParty(TrainingParty):
             raise ProtocolError(f"{self.name!r} is not running the {MASKED} protocol")
         r, x, _, n_real = self._pending_for(msg)
         width = self._width()
-        enc_delta = self._sealer.parse_delta(msg.payload["ct"], n_real, width)
+        enc_delta = self._sealer.parse_delta(self._field(msg, "ct"), n_real, width)
         jac = np.asarray(self._jacobian(self.params, x), dtype=np.float64)
         jac = jac.reshape(len(x), width, -1)[:n_real].reshape(n_real * width, -1)
         packed, pending = self._sealer.masked_gradient(jac.T, enc_delta)
@@ -695,7 +706,7 @@ class ActiveParty(TrainingParty):
         r = msg.round
         self._expect(msg, *self.passives)
         pos, _, _, digest = self._batch(r)
-        if msg.payload["batch_digest"] != digest:
+        if self._field(msg, "batch_digest", str) != digest:
             raise ProtocolError(
                 f"{msg.sender!r} used different rows in round {r}; the parties' aligned ids "
                 "or seeds disagree. Re-run alignment and setup."
@@ -738,7 +749,7 @@ class ActiveParty(TrainingParty):
         if self.config.protocol != "paillier":
             raise ProtocolError(f"{msg.kind!r} is part of the paillier protocol only")
         return self._store_embedding(
-            msg, self._decrypt_embedding(msg.sender, msg.payload["ct"], len(pos))
+            msg, self._decrypt_embedding(msg.sender, self._field(msg, "ct"), len(pos))
         )
 
     @handles("train.step")
@@ -853,7 +864,7 @@ class ActiveParty(TrainingParty):
                 f"{msg.sender!r} asked to decrypt {msg.payload['count']} values; the layout "
                 f"fixed at setup is {count} gradient values. The round is rejected"
             )
-        values = self._keyring.decrypt_masked(msg.payload["ct"], count, terms)
+        values = self._keyring.decrypt_masked(self._field(msg, "ct"), count, terms)
         del self._terms[(msg.round, msg.sender)]
         return [
             self.send(
@@ -873,7 +884,7 @@ class ActiveParty(TrainingParty):
             raise ProtocolError("under 'paillier' embeddings arrive encrypted")
         self._predict_inbox[msg.sender] = (
             np.asarray(msg.payload["h"], dtype=np.float32),
-            msg.payload["ids_digest"],
+            self._field(msg, "ids_digest", str),
         )
         return []
 
@@ -883,7 +894,10 @@ class ActiveParty(TrainingParty):
         if self.config.protocol != "paillier":
             raise ProtocolError(f"{msg.kind!r} is part of the paillier protocol only")
         # Decrypted in _scores, once the number of rows being scored is known here.
-        self._predict_inbox[msg.sender] = (bytes(msg.payload["ct"]), msg.payload["ids_digest"])
+        self._predict_inbox[msg.sender] = (
+            self._field(msg, "ct"),
+            self._field(msg, "ids_digest", str),
+        )
         return []
 
     def _scores(self, payload) -> tuple[np.ndarray, np.ndarray]:

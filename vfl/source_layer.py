@@ -54,8 +54,13 @@ from __future__ import annotations
 
 import secrets
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from gmpy2 import mpz
 
+from vfl.config import SOURCE_FORMS
 from vfl.crypto import (
     EncryptedArray,
     FixedPointOverflowError,
@@ -65,6 +70,7 @@ from vfl.crypto import (
     RandomnessPool,
     add,
     add_plain,
+    decrypt_array,
     decrypt_packed,
     encrypt_array,
     pack_encrypted,
@@ -85,9 +91,6 @@ EMBED_BOUND_BITS = 40  # |h| < 2^40 (public bound, checked by the active party)
 #: Slot headroom above the bound: a wrapped slot lands far outside the bound.
 EMBED_SLOT_MARGIN_BITS = 8
 
-FORMS = ("auto", "primal", "dual")
-#: Optimizers whose update is linear in the gradient (so they run on the dual coefficients).
-LINEAR_OPTIMIZERS = ("sgd", "momentum")
 
 
 def quantize_features(x: np.ndarray) -> np.ndarray:
@@ -103,8 +106,8 @@ def feature_ints(xq: np.ndarray) -> np.ndarray:
 
 
 def choose_form(requested: str, n_train: int, n_features: int) -> str:
-    if requested not in FORMS:
-        raise ConfigError(f"source_form must be one of {FORMS}, got {requested!r}")
+    if requested not in SOURCE_FORMS:
+        raise ConfigError(f"source_form must be one of {SOURCE_FORMS}, got {requested!r}")
     if requested != "auto":
         return requested
     return "dual" if n_train < n_features else "primal"
@@ -117,9 +120,11 @@ def update_rows_everywhere(optimizer: str, weight_decay: float) -> bool:
 
 
 def embedding_scale(form: str) -> int:
-    return FEATURE_FRAC_BITS + WEIGHT_FRAC_BITS if form == "primal" else COEF_FRAC_BITS + (
-        GRAM_FRAC_BITS
-    )
+    """``h`` is at ``2**-(20 + 60)`` (X V) in the primal form, ``2**-(20 + 40)`` (X X^T P) in
+    the dual one."""
+    if form == "primal":
+        return FEATURE_FRAC_BITS + WEIGHT_FRAC_BITS
+    return GRAM_FRAC_BITS + COEF_FRAC_BITS
 
 
 def embedding_layout(form: str) -> PackingLayout:
@@ -139,8 +144,11 @@ def _to_object(a) -> np.ndarray:
 
 def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact integer product of int64 ``a`` (|a| < 2^25) and int64 ``b`` (|b| < 2^62), by
-    splitting ``b`` into 20-bit limbs so every int64 partial sum is exact."""
+    splitting ``b`` into 20-bit limbs so every int64 partial sum is exact (below 2^17 inner
+    terms; wider parties take Python-int arithmetic)."""
     b = np.asarray(b, dtype=np.int64)
+    if a.shape[1] >= 1 << 17:
+        return _to_object(a) @ _to_object(b)
     sign = np.sign(b)
     mag = np.abs(b)
     out = np.zeros((a.shape[0], b.shape[1]), dtype=object)
@@ -174,8 +182,7 @@ def _matmul(x_int: np.ndarray, enc: EncryptedArray, pool) -> EncryptedArray:
         plain_matmul_encrypted(x_int, col, matrix_scale_bits=0, pool=pool)
         for col in _columns(enc)
     ]
-    out = _interleave(cols, enc.scale_bits)
-    return out
+    return _interleave(cols, enc.scale_bits)
 
 
 class EncryptedSourceLayer:
@@ -331,7 +338,7 @@ def decrypt_embedding(
             "lower the learning rate or check the features"
         )
     s = embedding_scale(form)
-    flat = np.array([int(v) / float(1 << s) if abs(int(v)) < (1 << 1000) else 0.0 for v in ints])
+    flat = np.array([int(v) / float(1 << s) for v in ints])
     return flat.reshape(rows, width).astype(np.float32)
 
 
@@ -341,8 +348,6 @@ class DualCoefficients:
     built from ``delta``), so it never leaves the active party."""
 
     def __init__(self, n_train: int, width: int, tx, *, everywhere: bool):
-        import jax.numpy as jnp
-
         self.p = jnp.zeros((n_train, width), dtype=jnp.float32)
         self.tx = tx
         self.opt_state = tx.init(self.p)
@@ -353,9 +358,6 @@ class DualCoefficients:
         """Apply the gradient ``G`` (``delta`` on the batch rows, zero elsewhere); return the
         rows whose coefficients the passive must update and ``dP`` there (int64 at
         ``2**-COEF_FRAC_BITS``)."""
-        import jax.numpy as jnp
-        import optax
-
         grad = jnp.zeros_like(self.p).at[jnp.asarray(positions)].set(jnp.asarray(delta))
         updates, self.opt_state = self.tx.update(grad, self.opt_state, self.p)
         self.p = optax.apply_updates(self.p, updates)
@@ -377,8 +379,6 @@ class DualCoefficients:
         return rows, diff
 
     def export(self) -> dict:
-        import jax
-
         leaves = jax.tree.leaves(self.opt_state)
         return {
             "p": np.asarray(self.p),
@@ -387,9 +387,6 @@ class DualCoefficients:
         }
 
     def load(self, tree: dict) -> None:
-        import jax
-        import jax.numpy as jnp
-
         self.p = jnp.asarray(tree["p"])
         self.quantized = np.asarray(tree["quantized"], dtype=np.int64)
         treedef = jax.tree.structure(self.opt_state)
@@ -414,8 +411,6 @@ def private_key_to_tree(sk: PrivateKey) -> dict:
 
 
 def private_key_from_tree(tree: dict, *, insecure_test_key: bool = False) -> PrivateKey:
-    from gmpy2 import mpz
-
     pub = PublicKey.from_bytes(bytes(tree["n"]), insecure_test_key=insecure_test_key)
     return PrivateKey(
         pub, mpz(int.from_bytes(bytes(tree["p"]), "big")),
@@ -444,8 +439,6 @@ def plaintext_view(states: dict[str, dict]) -> dict[str, dict]:
         if isinstance(params, dict) and "source" in params:
             src = params["source"]
             enc = EncryptedArray.from_bytes(bytes(src["state"]), sk.public_key)
-            from vfl.crypto import decrypt_array
-
             ints = decrypt_array(sk, enc)
             share = np.asarray(src["share"], dtype=np.int64).astype(object)
             if src["form"] == "primal":
