@@ -35,7 +35,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from horizontal import FedConfig, FederatedTrainer  # noqa: E402
-from vfl.table import PartyTable  # noqa: E402
+from vfl.core.table import PartyTable  # noqa: E402
 
 ROWS, FEATURES, HIDDEN, BATCH = 1000, 8, (32,), 32
 

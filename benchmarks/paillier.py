@@ -7,7 +7,7 @@ CRT obfuscators for its own encryptions) and the passive parties (uniform public
 obfuscators, the only ones allowed under another party's key) share one worker pool, and
 every call is timed on the side that makes it.
 
-Part 1 -- ``paillier`` round (vfl.source_layer), shape --round-batch x --round-features x
+Part 1 -- ``paillier`` round (vfl.vertical.source_layer), shape --round-batch x --round-features x
 --width with --round-rows training rows, primal and dual storage. Phases: passive embed
 (matvec ``X_b U + X_b [[V]]`` or ``X_b W0 + (X_b X^T)[[P]]``, pack, re-randomize, serialize),
 active decrypt, active dual step (Optax SGD on the dual coefficients), active encrypt
@@ -57,8 +57,8 @@ from rich.markup import escape
 from rich.table import Table
 
 import vfl.crypto as vc
-from vfl import source_layer as sl
-from vfl.secure_exchange import (
+from vfl.vertical import source_layer as sl
+from vfl.vertical.masked_gradient import (
     DELTA_BOUND,
     DELTA_FRAC_BITS,
     JACOBIAN_FRAC_BITS,
@@ -1002,7 +1002,7 @@ def markdown_section(res: dict) -> str:
         out += [
             "### `paillier-masked-gradient` step: B = 256, J^T of 30 x 256",
             "",
-            "The older protocol (`vfl.secure_exchange`): the active encrypts `delta`, the "
+            "The older protocol (`vfl.vertical.masked_gradient`): the active encrypts `delta`, the "
             "passive computes `[[J^T delta]]`, packs and masks it, the active decrypts, the "
             "passive unmasks.",
             "",

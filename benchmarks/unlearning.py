@@ -68,9 +68,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unlearning.methods.sisa import sisa_spec  # noqa: E402
 from unlearning.requests import ErasureRequest, ErasureService  # noqa: E402
 from unlearning.run import RunDir, train_run  # noqa: E402
-from vfl.config import TrainConfig  # noqa: E402
-from vfl.models import ModelConfig  # noqa: E402
-from vfl.tasks import Task  # noqa: E402
+from vfl.core.tasks import Task  # noqa: E402
+from vfl.vertical.config import TrainConfig  # noqa: E402
+from vfl.vertical.models import ModelConfig  # noqa: E402
 
 #: Loader options per benchmark data set (flchain has missing creatinine values).
 DATASET_KWARGS = {"flchain": {"impute": {"creatinine": "median"}}, "actg320": {}}

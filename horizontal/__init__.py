@@ -3,7 +3,7 @@
 Several hospitals hold the *same columns* about *different patients*. A
 :class:`~horizontal.server.FedServer` and one :class:`~horizontal.client.HospitalClient`
 per hospital speak through the vertical engine's message and transport contract
-(:mod:`vfl.messages`, :mod:`vfl.transport`), so every byte is serialized, counted and
+(:mod:`vfl.core.messages`, :mod:`vfl.core.transport`), so every byte is serialized, counted and
 labelled. :class:`~horizontal.trainer.FederatedTrainer` drives rounds; in memory, all
 sampled clients' local training runs as one ``jit(vmap(...))`` program
 (:mod:`horizontal.simulation`).
@@ -29,9 +29,9 @@ from horizontal.errors import (
     NonFiniteUpdateError,
     UpdateShapeError,
 )
-from horizontal.heterogeneity import SystemsConfig
 from horizontal.server import FedServer
 from horizontal.simulation import LocalExecutor
+from horizontal.systems import SystemsConfig
 from horizontal.trainer import FederatedTrainer, FedRoundRecord
 
 __all__ = [

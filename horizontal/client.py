@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from horizontal.client_update import compiled_predict
 from horizontal.compression import ErrorFeedback
 from horizontal.config import FedConfig
 from horizontal.errors import ClientSchemaError, FedConfigError
-from horizontal.local import compiled_predict
-from horizontal.model import FlatModel
-from horizontal.schedule import id_hashes, local_batches, steps_per_epoch
+from horizontal.flat_model import FlatModel
 from horizontal.simulation import LocalExecutor, LocalJob
-from vfl.errors import PayloadShapeError, ProtocolError, UnexpectedSenderError
-from vfl.messages import COORDINATOR, Label, Message
-from vfl.parties import PartyState
-from vfl.party import Party, handles
-from vfl.schedule import ids_digest, split_test
-from vfl.table import PartyTable
+from vfl.core.errors import PayloadShapeError, ProtocolError, UnexpectedSenderError
+from vfl.core.keyed import id_hashes, ids_digest, local_batches, split_test, steps_per_epoch
+from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.party import Party, handles
+from vfl.core.rounds import PartyState
+from vfl.core.table import PartyTable
 
 SERVER = "server"
 

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from horizontal.errors import UpdateShapeError
-from horizontal.schedule import keyed_hash
+from vfl.core.keyed import keyed_hash
 
 SCHEMES = ("none", "int8", "int4", "topk")
 

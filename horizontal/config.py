@@ -13,8 +13,8 @@ import numbers
 from dataclasses import dataclass, field, fields
 
 from horizontal.errors import FedConfigError, NoClientsSampledError
-from horizontal.heterogeneity import SystemsConfig
-from vfl.tasks import Task
+from horizontal.systems import SystemsConfig
+from vfl.core.tasks import Task
 
 ALGORITHMS = ("fedavg", "scaffold")
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")

@@ -1,7 +1,7 @@
 """Exceptions of the horizontal (FedAvg-family) engine.
 
 Each bad input gets its own class and a message that names the client and says what to
-do. All derive from :class:`vfl.errors.VFLError`, so callers can catch the whole family.
+do. All derive from :class:`vfl.core.errors.VFLError`, so callers can catch the whole family.
 The server validates an update *before* it touches any state, so a rejected update never
 corrupts the global model; the round policy (``FedConfig.on_bad_update`` and
 ``on_empty_round``) decides whether the round goes on without it, is retried or is skipped.
@@ -9,7 +9,7 @@ corrupts the global model; the round policy (``FedConfig.on_bad_update`` and
 
 from __future__ import annotations
 
-from vfl.errors import ConfigError, ProtocolError, SchemaMismatchError, VFLError
+from vfl.core.errors import ConfigError, ProtocolError, SchemaMismatchError, VFLError
 
 
 class HorizontalError(VFLError):

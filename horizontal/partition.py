@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from horizontal.errors import FedConfigError
-from horizontal.schedule import keyed_hash
-from vfl.table import PartyTable
+from vfl.core.keyed import keyed_hash
+from vfl.core.table import PartyTable
 
 
 def _units(ids, seed: int) -> np.ndarray:

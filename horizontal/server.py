@@ -29,13 +29,13 @@ from horizontal.errors import (
     PooledScalerError,
     UpdateShapeError,
 )
-from horizontal.model import FlatModel
-from horizontal.schedule import sample_clients
+from horizontal.flat_model import FlatModel
 from horizontal.strategies import aggregate, server_optimizer
-from vfl.errors import ProtocolError, UnexpectedSenderError
-from vfl.messages import COORDINATOR, Label, Message
-from vfl.parties import PartyState
-from vfl.party import Party, handles
+from vfl.core.errors import ProtocolError, UnexpectedSenderError
+from vfl.core.keyed import sample_clients
+from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.party import Party, handles
+from vfl.core.rounds import PartyState
 
 SERVER = "server"
 # Most training rows one client may declare at setup (about 10^12): counts stay exact in

@@ -1,6 +1,6 @@
 """The vectorized simulation engine: all sampled clients' local training in one program.
 
-In a deployment every client runs :func:`horizontal.local.make_local_train` on its own
+In a deployment every client runs :func:`horizontal.client_update.make_local_train` on its own
 hardware. In the in-memory simulation the clients hand their local job (their own arrays
 and the global model they received) to one shared :class:`LocalExecutor`, the stand-in for
 their devices. The server still talks to every client through serialized messages: the
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from horizontal.client_update import compiled
 from horizontal.errors import FedConfigError
-from horizontal.local import compiled
 
 MODES = ("vectorized", "loop")
 

@@ -3,7 +3,7 @@
 Round ``r``:
 
 1. the simulated world marks the clients that are unreachable this round
-   (:class:`~horizontal.heterogeneity.SystemsConfig`: seeded dropouts, offline windows);
+   (:class:`~horizontal.systems.SystemsConfig`: seeded dropouts, offline windows);
    clients away in round ``r`` rejoin when they are reachable again;
 2. coordinator -> server ``round.start``; server -> sampled clients ``fit`` (the global
    model, ``public``). An unreachable client is recorded as dropped;
@@ -15,9 +15,9 @@ Round ``r``:
    unchanged), retries with clients not yet tried, or raises;
 6. coordinator -> server ``round.aggregate``; the server commits one new global model.
 
-Checkpoint contract (DESIGN section 6), as in :mod:`vfl.trainer`: after round ``r``,
+Checkpoint contract (DESIGN section 6), as in :mod:`vfl.vertical.trainer`: after round ``r``,
 ``on_round_end(record)`` receives a :class:`FedRoundRecord` with every party's
-:class:`~vfl.parties.PartyState` and, per client, the ids of the rows its update used.
+:class:`~vfl.vertical.parties.PartyState` and, per client, the ids of the rows its update used.
 The state after ``r`` depends only on the seed, the state after ``r - 1`` and those rows
 (batches, samples, dropouts and quantization noise all come from keyed hashes), so
 ``fit(resume_from=record)`` continues at ``r + 1`` and ends bitwise equal to an
@@ -42,23 +42,13 @@ from horizontal.errors import (
 )
 from horizontal.server import SERVER, FedServer
 from horizontal.simulation import LocalExecutor
-from vfl import metrics as vfl_metrics
-from vfl.errors import PartyUnavailableError
-from vfl.messages import COORDINATOR, Label, Message
-from vfl.progress import progress_bar
-from vfl.table import PartyTable
-from vfl.trainer import RoundRecord, check_record, prepare_fit
-from vfl.transport import InMemoryTransport
-
-
-@dataclass
-class FedRoundRecord(RoundRecord):
-    """:class:`vfl.trainer.RoundRecord` (``epoch`` = ``round``) plus what happened."""
-
-    participants: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = ()
-    rejected: dict[str, str] = field(default_factory=dict)
-    skipped: bool = False
+from vfl.core import metrics as vfl_metrics
+from vfl.core.errors import PartyUnavailableError
+from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.progress import progress_bar
+from vfl.core.rounds import FedRoundRecord, check_record, prepare_fit
+from vfl.core.table import PartyTable
+from vfl.core.transport import InMemoryTransport
 
 
 @dataclass
@@ -74,7 +64,7 @@ class FederatedTrainer:
 
     ``mode`` picks the executor (``"vectorized"`` or ``"loop"``). The trainer never reads a
     client's rows; it only routes messages and makes party-local checkpoint calls
-    (:meth:`snapshot`, :meth:`restore`), as :class:`vfl.trainer.SplitTrainer` does.
+    (:meth:`snapshot`, :meth:`restore`), as :class:`vfl.vertical.trainer.SplitTrainer` does.
     """
 
     def __init__(self, tables: dict[str, PartyTable], config: FedConfig, *,
@@ -103,6 +93,16 @@ class FederatedTrainer:
         self.sizes: dict[str, dict] = {}
         self.completed_round = -1
         self._setup_done = False
+
+    @property
+    def is_set_up(self) -> bool:
+        """Whether the server and every client have been set up."""
+        return self._setup_done
+
+    def ensure_setup(self) -> None:
+        """Set up the server and the clients unless that is already done."""
+        if not self._setup_done:
+            self.setup()
 
     # -- routing ------------------------------------------------------------------------------
     def _request(self, receiver, kind, payload=None, round=None) -> Message:

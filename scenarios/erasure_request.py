@@ -25,16 +25,8 @@ import numpy as np
 
 from horizontal import FedConfig
 from horizontal import partition as part
-from unlearning.audit_log import AuditLog
-from unlearning.methods.approximate import compare_with_retrain
-from unlearning.methods.sisa import sisa_spec
-from unlearning.requests import ErasureRequest, ErasureService
-from unlearning.run import RunDir, train_run
-from unlearning.shadow import attack_run
-from vfl.config import TrainConfig
-from vfl.datasets import load_flchain
-from vfl.models import ModelConfig
-from vfl.report import (
+from horizontal.federaser import compare_with_retrain
+from scenarios.report import (
     console,
     markdown_table,
     output_dir,
@@ -43,7 +35,15 @@ from vfl.report import (
     scenario_parser,
     write_json,
 )
-from vfl.tasks import Task
+from unlearning.audit_log import AuditLog
+from unlearning.methods.sisa import sisa_spec
+from unlearning.requests import ErasureRequest, ErasureService
+from unlearning.run import RunDir, train_run
+from unlearning.shadow import attack_run
+from vfl.core.tasks import Task
+from vfl.datasets import load_flchain
+from vfl.vertical.config import TrainConfig
+from vfl.vertical.models import ModelConfig
 
 NAME = "erasure_request"
 

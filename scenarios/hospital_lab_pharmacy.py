@@ -17,9 +17,18 @@ from __future__ import annotations
 import sys
 import time
 
-from vfl.config import TrainConfig
-from vfl.datasets import load_actg320
-from vfl.experiment import (
+from scenarios.report import (
+    console,
+    markdown_table,
+    output_dir,
+    plot_bars,
+    plot_roc,
+    plot_training,
+    print_table,
+    scenario_parser,
+    write_json,
+)
+from scenarios.vertical_runs import (
     AUDIT_COLUMNS,
     SAW_COLUMNS,
     SAW_COMPACT_COLUMNS,
@@ -31,19 +40,10 @@ from vfl.experiment import (
     saw_compact_rows,
     saw_rows,
 )
-from vfl.models import ModelConfig
-from vfl.report import (
-    console,
-    markdown_table,
-    output_dir,
-    plot_bars,
-    plot_roc,
-    plot_training,
-    print_table,
-    scenario_parser,
-    write_json,
-)
-from vfl.tasks import Task
+from vfl.core.tasks import Task
+from vfl.datasets import load_actg320
+from vfl.vertical.config import TrainConfig
+from vfl.vertical.models import ModelConfig
 
 NAME = "hospital_lab_pharmacy"
 MODEL_NAMES = {

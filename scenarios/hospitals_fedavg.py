@@ -26,9 +26,7 @@ import numpy as np
 from horizontal import FedConfig, FederatedTrainer, SystemsConfig
 from horizontal import partition as part
 from horizontal.personalization import compare
-from vfl.datasets import load_flchain
-from vfl.progress import progress_bar
-from vfl.report import (
+from scenarios.report import (
     console,
     markdown_table,
     output_dir,
@@ -38,6 +36,8 @@ from vfl.report import (
     scenario_parser,
     write_json,
 )
+from vfl.core.progress import progress_bar
+from vfl.datasets import load_flchain
 
 NAME = "hospitals_fedavg"
 YEAR_GROUPS = {

@@ -24,9 +24,18 @@ from __future__ import annotations
 import sys
 import time
 
-from vfl.config import TrainConfig
-from vfl.datasets import load_gse7390, make_multiomics
-from vfl.experiment import (
+from scenarios.report import (
+    console,
+    markdown_table,
+    output_dir,
+    plot_bars,
+    plot_roc,
+    plot_training,
+    print_table,
+    scenario_parser,
+    write_json,
+)
+from scenarios.vertical_runs import (
     AUDIT_COLUMNS,
     SAW_COLUMNS,
     audit_rows,
@@ -39,19 +48,10 @@ from vfl.experiment import (
     single_party_trainer,
     train_and_evaluate,
 )
-from vfl.models import ModelConfig
-from vfl.report import (
-    console,
-    markdown_table,
-    output_dir,
-    plot_bars,
-    plot_roc,
-    plot_training,
-    print_table,
-    scenario_parser,
-    write_json,
-)
-from vfl.tasks import Task
+from vfl.core.tasks import Task
+from vfl.datasets import load_gse7390, make_multiomics
+from vfl.vertical.config import TrainConfig
+from vfl.vertical.models import ModelConfig
 
 NAME = "multiomics"
 RESULT_COLUMNS = ["model", "AUC", "accuracy", "log-loss", "seconds"]

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from tests.unlearning_helpers import copy_run
-from vfl.table import PartyTable
-from vfl.transport import InMemoryTransport
+from vfl.core.table import PartyTable
+from vfl.core.transport import InMemoryTransport
 
 
 class RecordingTransport(InMemoryTransport):
@@ -43,7 +43,7 @@ def make_vertical_tables(n=240, seed=0, overlap=0.85, widths=(4, 5, 6)):
 
 
 def insecure_policy():
-    from vfl.config import SecurityPolicy
+    from vfl.vertical.config import SecurityPolicy
 
     return SecurityPolicy(min_key_bits=512, allow_insecure_test_key=True)
 
@@ -51,8 +51,8 @@ def insecure_policy():
 def aligned_federation(tables, transport=None, active="hospital", policy="test"):
     """A federation over ``tables`` (optionally on a given transport), aligned by PSI.
     ``policy="test"``: every party allows short test keys (its own setting)."""
-    from vfl.federation import Federation
-    from vfl.parties import ActiveParty, PassiveParty
+    from vfl.vertical.federation import Federation
+    from vfl.vertical.parties import ActiveParty, PassiveParty
 
     policy = insecure_policy() if policy == "test" else policy
     parties = [ActiveParty(active, tables[active], policy=policy)]

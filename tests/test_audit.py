@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from vfl.audit import (
+from vfl.attacks.label_leakage import (
     VIEW_ENCRYPTED,
     VIEW_PLAIN,
     LeakageReport,
@@ -13,9 +13,9 @@ from vfl.audit import (
     direction_scoring_auc,
     norm_scoring_auc,
 )
-from vfl.messages import Label, Message
-from vfl.party import Party, handles
-from vfl.transport import InMemoryTransport
+from vfl.core.messages import Label, Message
+from vfl.core.party import Party, handles
+from vfl.core.transport import InMemoryTransport
 
 
 def split_learning_grads(n=2000, width=4, pos_rate=0.1, seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vfl.errors import (
+from vfl.core.errors import (
     ConfigError,
     DataFileError,
     DuplicateColumnError,
@@ -18,8 +18,8 @@ from vfl.errors import (
     NonIntegerClassLabelError,
     PartyDataError,
 )
-from vfl.table import PartyTable, Standardizer
-from vfl.tasks import Task
+from vfl.core.table import PartyTable, Standardizer
+from vfl.core.tasks import Task
 
 
 def frame(**extra):

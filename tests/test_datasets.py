@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pytest
 
+from vfl.core.errors import ConfigError, MissingValuesError
 from vfl.datasets import (
     DATASETS,
     VerticalDataset,
@@ -15,7 +16,6 @@ from vfl.datasets import (
     make_multiomics,
     pseudonym,
 )
-from vfl.errors import ConfigError, MissingValuesError
 
 GENES = 76
 EXPECTED_COLUMNS = {

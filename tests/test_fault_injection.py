@@ -1,9 +1,9 @@
 """Fault injection on erasures: a kill at every durable write, and concurrent operators.
 
 Every durable change the unlearning code makes passes a write point
-(:func:`vfl.fileio.write_point`: atomic writes, audit appends, renames, removals). An
+(:func:`vfl.core.fileio.write_point`: atomic writes, audit appends, renames, removals). An
 uninterrupted erasure on a small run is traced once (``reference``); then, for every write
-point k, the same erasure is "killed" at k (:class:`vfl.fileio.SimulatedKill` there and at
+point k, the same erasure is "killed" at k (:class:`vfl.core.fileio.SimulatedKill` there and at
 every later point, leaving the temporary file or the half-appended line a ``kill -9``
 leaves), the run is reopened as a new process would, and ``vfl erase``'s path runs:
 recovery, then the request again. The run must end consistent, with a verifying (signed)
@@ -29,8 +29,8 @@ from tests.test_run_hardening import late_patients, small_spec
 from tests.unlearning_helpers import copy_run
 from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
-from vfl import fileio
-from vfl.fileio import SimulatedKill
+from vfl.core import fileio
+from vfl.core.fileio import SimulatedKill
 
 #: the write points of an erasure on the small run (the reference fixture counts them and
 #: test_write_points_are_counted checks this number, so every point is killed exactly once)
@@ -175,7 +175,7 @@ PAUSING_ERASE = """
 import json, os, sys, time
 from pathlib import Path
 from unlearning.audit_log import AuditLog
-from vfl.cli import main
+from scenarios.cli import main
 
 marker, release = Path(sys.argv[1]), Path(sys.argv[2])
 append = AuditLog.append
@@ -235,7 +235,7 @@ def test_two_concurrent_erasures_interleaved(run, tmp_path):
                 assert first.poll() is None, log_a.read_text()
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            second = subprocess.Popen([sys.executable, "-m", "vfl.cli", *_erase_cmd(run, b)],
+            second = subprocess.Popen([sys.executable, "-m", "scenarios.cli", *_erase_cmd(run, b)],
                                       cwd=REPO, env=_env(), stdout=out_b,
                                       stderr=subprocess.STDOUT)
             while second.poll() is None and "waiting for run directory" not in (
@@ -264,7 +264,7 @@ def test_twenty_concurrent_pairs_of_vfl_erase(base_run, tmp_path):
     results = []
     for trial in range(20):
         run = copy_run(base_run, tmp_path / f"t{trial}")
-        procs = [subprocess.Popen([sys.executable, "-m", "vfl.cli", *_erase_cmd(run, pid)],
+        procs = [subprocess.Popen([sys.executable, "-m", "scenarios.cli", *_erase_cmd(run, pid)],
                                   cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
                  for pid in patients[:2]]

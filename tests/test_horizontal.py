@@ -7,12 +7,11 @@ import pytest
 from test_horizontal_helpers import make_hospitals
 
 from horizontal import FedConfig, FederatedTrainer, SystemsConfig
-from horizontal.model import FlatModel
-from horizontal.schedule import epoch_order, id_hashes, sample_clients
+from horizontal.flat_model import FlatModel
 from horizontal.strategies import coordinate_median, krum, trimmed_mean, weighted_mean
-from vfl.messages import Label
-from vfl.schedule import split_test
-from vfl.tasks import Task
+from vfl.core.keyed import epoch_order, id_hashes, sample_clients, split_test
+from vfl.core.messages import Label
+from vfl.core.tasks import Task
 
 
 def _run(tables, config, mode="vectorized", **kw):
@@ -186,7 +185,7 @@ def test_chunked_engine_bounds_memory_and_compiles_once():
     assert small.executor.programs_run > ref.executor.programs_run
     np.testing.assert_allclose(small.global_params(), ref.global_params(), rtol=1e-5,
                                atol=1e-6)
-    from horizontal.local import compiled
+    from horizontal.client_update import compiled
 
     batched = compiled(small.clients["hospital_0"].spec)[1]
     if hasattr(batched, "_cache_size"):

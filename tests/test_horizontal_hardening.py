@@ -13,8 +13,8 @@ from horizontal.errors import (
     UpdateShapeError,
 )
 from horizontal.server import MAX_CLIENT_ROWS
-from vfl.errors import PayloadShapeError, ProtocolError, UnexpectedSenderError
-from vfl.messages import COORDINATOR, Label, Message
+from vfl.core.errors import PayloadShapeError, ProtocolError, UnexpectedSenderError
+from vfl.core.messages import COORDINATOR, Label, Message
 
 SMALL = dict(hidden=(4,), rounds=1, batch_size=16, client_lr=0.1)
 SIZES = (120, 80, 200, 60)  # hospital_3 has 60 rows

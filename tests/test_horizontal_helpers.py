@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from vfl.table import PartyTable
+from vfl.core.table import PartyTable
 
 
 def make_hospitals(sizes=(120, 80, 200, 60), d=5, seed=0, shift=0.4):

@@ -22,8 +22,8 @@ from horizontal import (
 from horizontal import partition as part
 from horizontal.compression import ErrorFeedback, decode, encode
 from horizontal.personalization import compare
-from vfl.errors import VFLError
-from vfl.table import PartyTable
+from vfl.core.errors import VFLError
+from vfl.core.table import PartyTable
 
 SMALL = dict(hidden=(4,), rounds=2, batch_size=16, client_lr=0.1)
 

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import RecordingTransport, aligned_federation, make_vertical_tables
-from vfl.config import TrainConfig
+from vfl.core.errors import (
+    ConfigError,
+    InvertibleConfigurationError,
+    PayloadShapeError,
+    ReplayedMessageError,
+    SecurityPolicyError,
+)
+from vfl.core.messages import Label, Message
+from vfl.core.tasks import Task
 from vfl.crypto import (
     FixedPointOverflowError,
     InsecureKeyError,
@@ -16,18 +24,10 @@ from vfl.crypto import (
     generate_keypair,
 )
 from vfl.crypto.ciphertext import EncryptedArray
-from vfl.errors import (
-    ConfigError,
-    InvertibleConfigurationError,
-    PayloadShapeError,
-    ReplayedMessageError,
-    SecurityPolicyError,
-)
-from vfl.messages import Label, Message
-from vfl.models import ModelConfig
-from vfl.secure_exchange import DELTA_FRAC_BITS
-from vfl.tasks import Task
-from vfl.trainer import SplitTrainer
+from vfl.vertical.config import TrainConfig
+from vfl.vertical.masked_gradient import DELTA_FRAC_BITS
+from vfl.vertical.models import ModelConfig
+from vfl.vertical.trainer import SplitTrainer
 
 PLAIN = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=2, batch_size=32,
                     learning_rate=0.05, seed=5, optimizer="adam", protocol="plain")
@@ -177,7 +177,7 @@ def test_replayed_round_rejected(mid_round):
 
 
 def test_overflow_is_a_specific_error():
-    from vfl.secure_exchange import ActiveKeyring
+    from vfl.vertical.masked_gradient import ActiveKeyring
 
     keyring = ActiveKeyring(1024, insecure_test_key=True)
     with pytest.raises(FixedPointOverflowError):

@@ -1,4 +1,4 @@
-"""Multi-party DH private set intersection (vfl.psi)."""
+"""Multi-party DH private set intersection (vfl.psi.protocol)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfl.coordinator import Coordinator
-from vfl.errors import (
+from vfl.core.coordinator import Coordinator
+from vfl.core.errors import (
     AlignmentError,
     AlignmentMismatchError,
     EmptyIntersectionError,
     PartyDropoutError,
 )
-from vfl.messages import COORDINATOR, Label, Message
-from vfl.party import Party
-from vfl.psi import (
+from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.party import Party
+from vfl.core.transport import InMemoryTransport
+from vfl.core.wire import BigIntArray
+from vfl.psi.protocol import (
     GROUP,
     P,
     PSIInputError,
@@ -30,8 +32,6 @@ from vfl.psi import (
     hash_to_group,
     run_psi,
 )
-from vfl.serialization import BigIntArray
-from vfl.transport import InMemoryTransport
 
 FAST = settings(max_examples=15, deadline=None)
 NAMES = ["hospital", "lab", "pharmacy", "insurer"]

@@ -12,15 +12,15 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from scenarios.cli import main
 from unlearning.audit_log import GENESIS, AuditLog, _canonical
 from unlearning.errors import ErasureInterrupted, RunDirError
 from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
 from unlearning.store import sha256
-from vfl.cli import main
-from vfl.config import TrainConfig
-from vfl.models import ModelConfig
-from vfl.tasks import Task
+from vfl.core.tasks import Task
+from vfl.vertical.config import TrainConfig
+from vfl.vertical.models import ModelConfig
 
 CONFIG = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=2, batch_size=32,
                      learning_rate=0.05, seed=3, protocol="plain")

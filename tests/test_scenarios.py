@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from vfl.cli import main as vfl_main
+from scenarios.cli import main as vfl_main
 
 
 def _run(module, tmp_path, *extra):

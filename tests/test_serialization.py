@@ -4,10 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vfl import serialization
-from vfl.errors import TransportError
-from vfl.messages import Label, Message
-from vfl.serialization import BigIntArray
+from vfl.core import wire as serialization
+from vfl.core.errors import TransportError
+from vfl.core.messages import Label, Message
+from vfl.core.wire import BigIntArray
 
 dtypes = st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_])
 

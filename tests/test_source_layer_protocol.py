@@ -11,27 +11,27 @@ import pytest
 
 from tests.conftest import RecordingTransport, aligned_federation, make_vertical_tables
 from tests.test_paillier_protocol import trained as run
-from vfl.audit import aggregate_inversion_auc
-from vfl.config import SecurityPolicy, TrainConfig
-from vfl.crypto import EncryptedArray, FixedPointOverflowError, encrypt_array, pack_encrypted
-from vfl.errors import (
+from vfl.attacks.label_leakage import aggregate_inversion_auc
+from vfl.core.errors import (
     CheckpointError,
     PayloadShapeError,
     ProtocolError,
     SecurityPolicyError,
     UnsupportedAtPassiveError,
 )
-from vfl.messages import COORDINATOR, Label, Message
-from vfl.models import ModelConfig
-from vfl.source_layer import (
+from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.tasks import Task
+from vfl.crypto import EncryptedArray, FixedPointOverflowError, encrypt_array, pack_encrypted
+from vfl.vertical.config import SecurityPolicy, TrainConfig
+from vfl.vertical.models import ModelConfig
+from vfl.vertical.source_layer import (
     COEF_FRAC_BITS,
     EMBED_BOUND_BITS,
     embedding_layout,
     embedding_scale,
     plaintext_view,
 )
-from vfl.tasks import Task
-from vfl.trainer import SplitTrainer
+from vfl.vertical.trainer import SplitTrainer
 
 MLP_TOP = ModelConfig("linear", "mlp", embed_dim=2, top_hidden=(4,))
 BASE = TrainConfig(Task("binary"), MLP_TOP, epochs=2, batch_size=32, learning_rate=0.2,
@@ -135,11 +135,11 @@ def test_no_passive_receives_label_dependent_plaintext():
 
 
 def test_inversion_attack_finds_nothing_in_ciphertexts():
-    from vfl.experiment import audit_passives
+    from scenarios.vertical_runs import audit_passives
 
     tables = make_vertical_tables(n=200, seed=6)
     fed = aligned_federation(tables)
-    from vfl.audit import capture_received
+    from vfl.attacks.label_leakage import capture_received
 
     views = {p: capture_received(fed.transport, p) for p in fed.passives}
     SplitTrainer(fed, BASE).fit(progress=False)
@@ -187,7 +187,7 @@ def trained():
 
 
 def _embedding_msg(fed, ct, round=None, kind="train.enc_embedding"):
-    from vfl.schedule import ids_digest
+    from vfl.core.keyed import ids_digest
 
     active = fed.parties["hospital"]
     r = active.completed_round + 1 if round is None else round

@@ -6,16 +6,16 @@ import dataclasses
 
 import pytest
 
+from scenarios.vertical_runs import audit_passives
 from tests.conftest import insecure_policy
 from tests.test_source_layer_protocol import assert_same_model
-from vfl.audit import capture_received
-from vfl.config import SecurityPolicy, TrainConfig
+from vfl.attacks.label_leakage import capture_received
+from vfl.core.tasks import Task
 from vfl.datasets import load_actg320, load_gse7390
-from vfl.experiment import audit_passives
-from vfl.federation import Federation
-from vfl.models import ModelConfig
-from vfl.tasks import Task
-from vfl.trainer import SplitTrainer
+from vfl.vertical.config import SecurityPolicy, TrainConfig
+from vfl.vertical.federation import Federation
+from vfl.vertical.models import ModelConfig
+from vfl.vertical.trainer import SplitTrainer
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vfl.errors import (
+from vfl.core.errors import (
     DuplicateIdError,
     LabelAtPassivePartyError,
     MissingIdError,
@@ -10,8 +10,8 @@ from vfl.errors import (
     NonNumericColumnError,
     SchemaMismatchError,
 )
-from vfl.parties import PassiveParty
-from vfl.table import PartyTable, Standardizer
+from vfl.core.table import PartyTable, Standardizer
+from vfl.vertical.parties import PassiveParty
 
 
 def frame():

@@ -5,19 +5,19 @@ import dataclasses
 import numpy as np
 import pytest
 
+from scenarios.vertical_runs import pooled_table, single_party_trainer
 from tests.conftest import RecordingTransport, aligned_federation, make_vertical_tables
-from vfl.config import TrainConfig
-from vfl.errors import (
+from vfl.core.errors import (
     CheckpointError,
     PayloadShapeError,
     ReplayedMessageError,
     SchemaMismatchError,
 )
-from vfl.experiment import pooled_table, single_party_trainer
-from vfl.messages import COORDINATOR, Label, Message
-from vfl.models import ModelConfig
-from vfl.tasks import Task
-from vfl.trainer import SplitTrainer
+from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.tasks import Task
+from vfl.vertical.config import TrainConfig
+from vfl.vertical.models import ModelConfig
+from vfl.vertical.trainer import SplitTrainer
 
 CONFIG = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=3, batch_size=32,
                      learning_rate=0.05, seed=3, optimizer="adam", protocol="plain")

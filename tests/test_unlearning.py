@@ -18,9 +18,9 @@ from unlearning.requests import STEPS, ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
 from unlearning.store import Checkpoint, CheckpointStore, Retention
 from unlearning.verification import max_param_diff
-from vfl.config import TrainConfig
-from vfl.models import ModelConfig
-from vfl.tasks import Task
+from vfl.core.tasks import Task
+from vfl.vertical.config import TrainConfig
+from vfl.vertical.models import ModelConfig
 
 CONFIG = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=2, batch_size=32,
                      learning_rate=0.05, seed=3, optimizer="adam", protocol="plain")
@@ -223,7 +223,7 @@ def test_audit_verify_catches_tampering(run, kind):
 
 
 def test_cli_erase_lineage_audit(run, capsys):
-    from vfl.cli import main
+    from scenarios.cli import main
 
     pid = late_patient(run)
     assert main(["lineage", str(run.path), "--patient", pid]) == 0

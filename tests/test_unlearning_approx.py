@@ -7,14 +7,14 @@ import pytest
 from test_horizontal_helpers import make_hospitals
 
 from horizontal import FedConfig
-from horizontal.strategies import weighted_mean
-from unlearning.errors import MethodUnavailableError
-from unlearning.methods.approximate import (
+from horizontal.federaser import (
     compare_with_retrain,
     remove_client,
     remove_party,
     train_with_logs,
 )
+from horizontal.strategies import weighted_mean
+from unlearning.errors import MethodUnavailableError
 
 CONFIG = FedConfig(hidden=(8,), rounds=10, local_epochs=2, batch_size=16, client_lr=0.1, seed=3)
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from horizontal import FedConfig
+from horizontal import federaser as approximate
+from horizontal.checkpointing import horizontal_spec
 from horizontal.strategies import weighted_mean
+from scenarios.cli import main
 from tests.unlearning_helpers import HOSPITALS, load_final, train_horizontal
 from unlearning import certificate as certs
 from unlearning.audit_log import AuditLog
 from unlearning.errors import ErasureInterrupted, MethodUnavailableError
-from unlearning.horizontal import horizontal_spec
-from unlearning.methods import approximate
 from unlearning.methods.sisa import sisa_spec
 from unlearning.requests import (
     STEPS,
@@ -26,7 +27,6 @@ from unlearning.requests import (
     UnknownClientError,
 )
 from unlearning.run import RunDir, train_run
-from vfl.cli import main
 
 CONFIG = FedConfig(hidden=(4,), rounds=6, local_epochs=1, batch_size=16, client_lr=0.1,
                    seed=3)
@@ -178,9 +178,9 @@ def test_runs_that_cannot_serve_approx_say_why(tmp_path):
 
 
 def test_vertical_run_refuses_approx(tmp_path):
-    from vfl.config import TrainConfig
-    from vfl.models import ModelConfig
-    from vfl.tasks import Task
+    from vfl.core.tasks import Task
+    from vfl.vertical.config import TrainConfig
+    from vfl.vertical.models import ModelConfig
 
     cfg = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=1, batch_size=32,
                       learning_rate=0.05, seed=3, optimizer="adam", protocol="plain")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from horizontal import FedConfig
+from horizontal.checkpointing import HorizontalAdapter
 from tests.unlearning_helpers import load_final, train_horizontal
-from unlearning.horizontal import HorizontalAdapter
 from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir
 from unlearning.verification import max_param_diff

@@ -9,15 +9,14 @@ shards' checkpoints are untouched.
 import pytest
 
 from horizontal import FedConfig
+from horizontal.checkpointing import HorizontalAdapter, horizontal_spec
 from tests.unlearning_helpers import copy_run, load_final
 from unlearning.errors import MethodUnavailableError
-from unlearning.horizontal import HorizontalAdapter, horizontal_spec
 from unlearning.methods.sisa import sisa_spec
 from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
 from unlearning.verification import heldout_figures, max_param_diff
-from unlearning.vertical import shard_of
-from vfl.schedule import SlicePlan
+from vfl.core.keyed import SlicePlan, shard_of
 
 CONFIG = FedConfig(hidden=(4,), rounds=3, local_epochs=1, batch_size=16, client_lr=0.1,
                    seed=3)

@@ -11,10 +11,10 @@ from unlearning.shadow import (
     shadow_adapter,
     shadow_attack,
 )
-from unlearning.vertical import VerticalAdapter, load_tables
-from vfl.config import TrainConfig
-from vfl.models import ModelConfig
-from vfl.tasks import Task
+from vfl.core.tasks import Task
+from vfl.vertical.checkpointing import VerticalAdapter, load_tables
+from vfl.vertical.config import TrainConfig
+from vfl.vertical.models import ModelConfig
 
 # 120 features for ~130 training rows and 60 epochs: the linear model nearly interpolates
 # its training rows, so membership is visible in its outputs (the real ACTG model is not).
@@ -118,7 +118,7 @@ def test_attack_features_and_logistic_fit():
 def test_horizontal_runs_use_the_same_machinery():
     """The shadows go through the registered adapter contract, so a FedAvg run works too."""
     from horizontal import FedConfig
-    from unlearning.horizontal import HorizontalAdapter, horizontal_spec
+    from horizontal.checkpointing import HorizontalAdapter, horizontal_spec
 
     config = FedConfig(hidden=(4,), rounds=4, local_epochs=1, batch_size=16, client_lr=0.1,
                        seed=3)

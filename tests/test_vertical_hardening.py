@@ -9,12 +9,12 @@ import pytest
 
 from tests.conftest import aligned_federation, make_vertical_tables
 from vfl import crypto as vc
-from vfl.config import SecurityPolicy, TrainConfig
-from vfl.errors import ConfigError, PayloadShapeError, ProtocolError, SecurityPolicyError
-from vfl.messages import COORDINATOR, Label, Message
-from vfl.models import ModelConfig
-from vfl.tasks import Task
-from vfl.trainer import SplitTrainer
+from vfl.core.errors import ConfigError, PayloadShapeError, ProtocolError, SecurityPolicyError
+from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.tasks import Task
+from vfl.vertical.config import SecurityPolicy, TrainConfig
+from vfl.vertical.models import ModelConfig
+from vfl.vertical.trainer import SplitTrainer
 
 PLAIN = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=1, batch_size=32,
                     learning_rate=0.05, seed=1, protocol="plain")

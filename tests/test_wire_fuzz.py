@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vfl import serialization
-from vfl.errors import TransportError, VFLError, WireFormatError
-from vfl.messages import Label, Message
-from vfl.serialization import BigIntArray
+from vfl.core import wire as serialization
+from vfl.core.errors import TransportError, VFLError, WireFormatError
+from vfl.core.messages import Label, Message
+from vfl.core.wire import BigIntArray
 
 HEAD = ["a", "b", "k", "public", None, False]
 

@@ -3,7 +3,7 @@ and a run's final trainer."""
 
 import shutil
 
-from unlearning.horizontal import horizontal_spec
+from horizontal.checkpointing import horizontal_spec
 from unlearning.run import RunDir, train_run
 
 #: Four synthetic hospitals of unequal size (tests/test_horizontal_helpers.make_hospitals).

@@ -8,6 +8,3 @@ per run directory), :mod:`~unlearning.run` (run directories), :mod:`~unlearning.
 :mod:`~unlearning.methods` (exact replay, SISA, approximate), :mod:`~unlearning.verification`
 and :mod:`~unlearning.certificate`. Trainers plug in through :mod:`~unlearning.contract`.
 """
-
-from unlearning import horizontal as _horizontal  # noqa: F401  (registers "horizontal")
-from unlearning import vertical as _vertical  # noqa: F401  (registers the vertical adapter)

@@ -54,7 +54,7 @@ from pathlib import Path
 from unlearning.errors import AuditLogError, AuditTamperError
 from unlearning.keys import COORDINATOR, Keyring, check_name, verify_signature
 from unlearning.store import atomic_write, sha256
-from vfl import fileio
+from vfl.core import fileio
 
 GENESIS = "0" * 64
 KEY_REGISTERED = "key.registered"
@@ -171,7 +171,8 @@ class AuditLog:
         return self._tail_state()[0]
 
     @property
-    def _last(self) -> str:
+    def last_hash(self) -> str:
+        """The hash of the last entry (the ``prev`` the next entry will carry)."""
         return self._tail_state()[1]
 
     def entries(self) -> list[dict]:

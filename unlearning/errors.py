@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from vfl.errors import VFLError
-
-
-class UnlearningError(VFLError):
-    """Base class of every unlearning error."""
-
-
-class RunDirError(UnlearningError):
-    """The run directory is missing, incomplete or of an unknown format."""
+# The two errors a trainer adapter raises live with the round contract in vfl.core.
+from vfl.core.errors import MethodUnavailableError, RunDirError, UnlearningError
 
 
 class CheckpointMissingError(UnlearningError):
@@ -38,10 +31,6 @@ class ErasureInterrupted(UnlearningError):
     ``ErasureService.recover()`` (``vfl erase`` does this) to finish it."""
 
 
-class MethodUnavailableError(UnlearningError):
-    """The requested unlearning method does not apply to this run."""
-
-
 class ShadowAttackError(UnlearningError):
     """The shadow-model membership attack cannot run: too few never-seen rows for the
     shadows and the probes, labels that are not classes, or bad attack settings."""
@@ -59,3 +48,20 @@ class RunInconsistentError(RunDirError):
 
 class UnknownPartyNameError(UnlearningError, ValueError):
     """A request names a receiving party (``--party``) that is not a party of the run."""
+
+
+__all__ = [
+    "AuditLogError",
+    "AuditTamperError",
+    "CheckpointCorruptedError",
+    "CheckpointMissingError",
+    "ErasureInterrupted",
+    "MethodUnavailableError",
+    "RunDirError",
+    "RunInconsistentError",
+    "RunLockedError",
+    "ShadowAttackError",
+    "UnknownPartyNameError",
+    "UnknownPatientError",
+    "UnlearningError",
+]

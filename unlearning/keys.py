@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from unlearning.errors import AuditLogError
-from vfl.fileio import atomic_write
+from vfl.core.fileio import atomic_write
 
 COORDINATOR = "coordinator"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from horizontal import federaser as approximate
 from unlearning import certificate as certs
 from unlearning.errors import (
     AuditTamperError,
@@ -49,12 +50,12 @@ from unlearning.errors import (
 )
 from unlearning.keys import COORDINATOR
 from unlearning.lineage import Lineage
-from unlearning.methods import approximate, exact
+from unlearning.methods import exact
 from unlearning.methods.sisa import is_sisa
 from unlearning.run import STAGED_LINEAGE, RunDir, publish
 from unlearning.store import atomic_write, sha256
 from unlearning.verification import checkpoints_free_of, figures, heldout_figures
-from vfl import fileio
+from vfl.core import fileio
 
 METHODS = ("exact", "sisa", "approx")
 PATIENT_METHODS = ("exact", "sisa")
@@ -117,7 +118,7 @@ class ClientRemovalRequest:
     """A whole client (hospital) leaves a horizontal federation; served approximately.
 
     ``every``, ``calibration_fraction`` and ``between`` are FedEraser's calibration settings
-    (:func:`unlearning.methods.approximate.calibrated_replay`). The request id depends on
+    (:func:`horizontal.federaser.calibrated_replay`). The request id depends on
     the client and method only, so repeating a removal returns the earlier certificate."""
 
     client: str
@@ -480,7 +481,7 @@ class ErasureService:
                     for m, s in j["unlearned"].items()},
             verification=verification | {"influenced_checkpoints_left": leftovers},
             log_position=run.audit.position,
-            log_prev_hash=run.audit._last,
+            log_prev_hash=run.audit.last_hash,
             index_sha256=run.store.index_digest(),
             purged=len(gone),
             seconds=float(j.get("unlearn_seconds", 0.0)),

@@ -43,12 +43,12 @@ from pathlib import Path
 
 from unlearning import locking
 from unlearning.audit_log import AuditLog
-from unlearning.contract import ADAPTERS
+from unlearning.contract import adapter_class, adapter_name
 from unlearning.errors import RunDirError
 from unlearning.keys import Keyring
 from unlearning.lineage import Lineage, round_node
 from unlearning.store import Checkpoint, CheckpointStore, Retention, atomic_write, sha256
-from vfl import fileio
+from vfl.core import fileio
 
 RUN_FORMAT = "vfl-unlearning-run/1"
 # run.json fields that record what happened, not how to train (not part of an adapter's key)
@@ -78,11 +78,7 @@ class RunDir:
         if self.spec.get("format") != RUN_FORMAT:
             raise RunDirError(f"{manifest} has format {self.spec.get('format')!r}, "
                               f"expected {RUN_FORMAT!r}")
-        if self.spec["mode"] not in ADAPTERS:
-            raise RunDirError(
-                f"run mode {self.spec['mode']!r} has no unlearning adapter; available: "
-                f"{sorted(ADAPTERS)}"
-            )
+        adapter_name(self.spec)  # a manifest that names no adapter is refused at open
         self.fsync = bool(self.spec.get("fsync", True))
         self.store = CheckpointStore(self.path / "store", fsync=self.fsync)
         self.store.guard = self._require_lock
@@ -141,10 +137,10 @@ class RunDir:
         erased set and training manifest, so the steps of one request, and the next
         request, share one instead of re-filtering every party's table. Adapters with a
         ``pool`` attribute get this run directory's pool of set-up trainers
-        (:class:`unlearning.vertical.TrainerPool`): trainers built through this
+        (:class:`vfl.vertical.checkpointing.TrainerPool`): trainers built through this
         ``RunDir`` are reused by later requests served through it, never by another
         ``RunDir`` of the same folder."""
-        cls = ADAPTERS[self.spec["mode"]]
+        cls = adapter_class(self.spec)
         erased = set(self.erased()) | set(extra_erased)
         if not getattr(cls, "cacheable", False):
             return self._pooled(cls(self.spec, self.aligned, erased))
@@ -159,11 +155,9 @@ class RunDir:
         return adapter
 
     def _pooled(self, adapter):
-        if hasattr(adapter, "pool"):
+        if hasattr(adapter, "make_pool"):
             if self._pool is None:
-                from unlearning.vertical import TrainerPool
-
-                self._pool = TrainerPool()
+                self._pool = adapter.make_pool()
             adapter.pool = self._pool
         return adapter
 
@@ -401,8 +395,7 @@ def record_model(run: RunDir, lineage: Lineage, index: dict, adapter, model: str
                  resume: Checkpoint | None, log_each: bool) -> list[dict]:
     """Fit ``model`` (from ``resume`` or from scratch), writing retained checkpoints into
     ``index`` and rounds into ``lineage``. Returns the written checkpoint entries."""
-    if not trainer._setup_done:
-        trainer.setup()
+    trainer.ensure_setup()
     first = 0 if resume is None else resume.round + 1
     lineage.drop_model_from(model, first)
     run.store.drop_rounds(model, [r for r in run.store.rounds(model, index) if r >= first], index)
@@ -461,7 +454,7 @@ def train_run(path: str | Path, spec: dict, *, progress: bool = False) -> RunDir
 
 
 def _train_run(path: Path, spec: dict, progress: bool) -> RunDir:
-    from unlearning.vertical import load_tables
+    from vfl.vertical.checkpointing import load_tables
 
     if (path / "run.json").exists():
         raise RunDirError(f"{path} already holds a run; choose an empty --out folder")
@@ -469,7 +462,7 @@ def _train_run(path: Path, spec: dict, progress: bool) -> RunDir:
     t0 = time.perf_counter()
     if "aligned" not in spec:
         # Private set intersection once; each party stores its own result.
-        from vfl.federation import Federation
+        from vfl.vertical.federation import Federation
 
         tables, active = load_tables(spec["dataset"])
         fed = Federation.from_tables(tables, active)

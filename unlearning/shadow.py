@@ -52,7 +52,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unlearning.contract import ADAPTERS
 from unlearning.errors import ShadowAttackError
 from unlearning.verification import class_auc, mia
 
@@ -184,8 +183,8 @@ def shadow_adapter(adapter, train_ids, seed: int):
     spec = dict(adapter.spec)
     spec["config"] = {**spec["config"], "seed": int(seed), "test_fraction": 0.0}
     every_row = {str(i) for t in adapter.full_tables.values() for i in t.ids}
-    return ADAPTERS[adapter.mode](spec, adapter.original_aligned,
-                                  every_row - {str(i) for i in train_ids})
+    return type(adapter)(spec, adapter.original_aligned,
+                           every_row - {str(i) for i in train_ids})
 
 
 def train_shadow(adapter, train_ids, seed: int):

@@ -29,32 +29,21 @@ import hashlib
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from flax import serialization
 
 from unlearning.errors import CheckpointCorruptedError, CheckpointMissingError
-from vfl import fileio
-from vfl.fileio import atomic_write  # noqa: F401  (re-exported for unlearning modules)
+from vfl.core import fileio
+from vfl.core.fileio import atomic_write  # noqa: F401  (re-exported for unlearning modules)
+from vfl.core.rounds import Checkpoint
 
 INDEX_FORMAT = "vfl-checkpoint-index/1"
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@dataclass
-class Checkpoint:
-    """What a trainer hands the store after a round (the checkpoint contract)."""
-
-    model: str
-    round: int
-    states: dict[str, dict]  # party/client -> state tree
-    ids_used: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    loss: float = float("nan")
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

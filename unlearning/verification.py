@@ -19,26 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from unlearning.store import CheckpointStore
-from vfl.source_layer import plaintext_view
+from vfl.core.metrics import auc
+from vfl.vertical.source_layer import plaintext_view
 
 EPS = 1e-7
-
-
-def auc(pos, neg) -> float:
-    """P(score(pos) > score(neg)) + 0.5 P(tie) (Mann-Whitney)."""
-    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    allv = np.concatenate([pos, neg])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty(len(allv))
-    sorted_v = allv[order]
-    # average ranks for ties
-    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    r_pos = ranks[: len(pos)].sum()
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def bce(scores, labels) -> np.ndarray:

@@ -1,10 +1,10 @@
 """SISA for federated settings (Bourtoule et al. 2021, adapted).
 
-Patients are hashed into S shards (:func:`unlearning.vertical.shard_of`); each shard has
+Patients are hashed into S shards (:func:`vfl.core.keyed.shard_of`); each shard has
 its own model (vertical: every party keeps S bottom models, one federation per shard;
 horizontal: S sub-federations over the same clients, each client training on its own rows
-of the shard, :class:`unlearning.horizontal.HorizontalAdapter`). Within a shard data is
-added in slices (``vfl.schedule.SlicePlan``), with a checkpoint at each slice boundary;
+of the shard, :class:`horizontal.checkpointing.HorizontalAdapter`). Within a shard data is
+added in slices (``vfl.core.keyed.SlicePlan``), with a checkpoint at each slice boundary;
 predictions are the average of the shard models. Serving an erasure is an exact replay
 (:mod:`unlearning.methods.exact`) that touches only the patient's shard, from the boundary
 before the patient's slice (from scratch if the patient is in slice 0, which fitted the

@@ -1,13 +1,13 @@
 """Exceptions raised by the Paillier engine.
 
 Each failure mode has its own class and every message says what to do about it. All of them
-derive from :class:`CryptoError`, itself a :class:`vfl.errors.VFLError`, so a caller can catch
+derive from :class:`CryptoError`, itself a :class:`vfl.core.errors.VFLError`, so a caller can catch
 the whole family at once. Errors about bad *values* also derive from :class:`ValueError`.
 """
 
 from __future__ import annotations
 
-from vfl.errors import VFLError
+from vfl.core.errors import VFLError
 
 
 class CryptoError(VFLError):

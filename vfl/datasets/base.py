@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vfl.table import PartyTable
+from vfl.core.table import PartyTable
 
 TASKS = ("binary", "multiclass", "regression")
 

@@ -146,7 +146,7 @@ def load_flchain(seed: int = 0, *, impute: Impute = None, coverage: Coverage = N
 
     ``chapter`` (cause of death) is never included: it is only recorded for those who
     died, so it leaks the label. ``creatinine`` has missing values (1350 in the cohort):
-    without ``impute`` the lab's table raises :class:`~vfl.errors.MissingValuesError`;
+    without ``impute`` the lab's table raises :class:`~vfl.core.errors.MissingValuesError`;
     choose a policy, e.g. ``impute={"creatinine": "median"}``.
     """
     from sksurv.datasets import load_flchain as _load

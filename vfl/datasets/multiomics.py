@@ -28,9 +28,9 @@ from types import MappingProxyType
 
 import numpy as np
 
+from vfl.core.errors import ConfigError
 from vfl.datasets.base import TASKS, VerticalDataset
 from vfl.datasets.overlap import EXTRA, Coverage, Impute, overlap_note, split_vertical
-from vfl.errors import ConfigError
 
 DEFAULT_BLOCKS = MappingProxyType(
     {"genomics": 200, "transcriptomics": 100, "proteomics": 50, "prescriptions": 20}

@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from vfl.errors import ConfigError
-from vfl.table import PartyTable
+from vfl.core.errors import ConfigError
+from vfl.core.table import PartyTable
 
 PUBLIC_SALT = "vfl-datasets-v1"  # public, fixed: pseudonyms are reproducible, not secret
 ACTIVE_COVERAGE = 0.97
@@ -86,7 +86,7 @@ def split_vertical(
 
     The first party in ``blocks`` is the active one and gets the labels. ``impute`` is
     passed to every :class:`PartyTable` (NaN without a policy raises
-    :class:`~vfl.errors.MissingValuesError` naming the columns and counts).
+    :class:`~vfl.core.errors.MissingValuesError` naming the columns and counts).
     """
     parties = list(blocks)
     n = len(labels)

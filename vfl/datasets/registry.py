@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vfl.core.errors import ConfigError
 from vfl.datasets.base import VerticalDataset
 from vfl.datasets.clinical import load_actg320, load_flchain, load_gbsg2, load_gse7390
 from vfl.datasets.multiomics import make_multiomics
 from vfl.datasets.sklearn_sets import load_breast_cancer_vertical, load_diabetes_vertical
-from vfl.errors import ConfigError
 
 DATASETS: dict[str, Callable[..., VerticalDataset]] = {
     "actg320": load_actg320,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from vfl.core.errors import ConfigError
 from vfl.datasets.base import VerticalDataset
 from vfl.datasets.overlap import EXTRA, Coverage, Impute, overlap_note, split_vertical
-from vfl.errors import ConfigError
 
 PARTY_NAMES = ("hospital", "lab", "imaging", "genomics", "pharmacy", "registry", "insurer",
                "wearables")

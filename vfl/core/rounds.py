@@ -1,0 +1,288 @@
+"""The round contract both trainers keep, and the one shape of a round's state.
+
+Both trainers (vertical split learning and horizontal FedAvg) are deterministic and
+round-based: the state after round ``r`` is a pure function of the seed, the state after
+round ``r - 1`` and the rows round ``r`` used (every batch and client sample comes from
+:mod:`vfl.core.keyed`). So a replay without some patients, from a checkpoint they did not
+influence, ends equal to a retrain without them: the property exact unlearning rests on.
+
+One state, three views:
+
+* :class:`PartyState`: what one party or client needs to continue after a round (its
+  parameters, optimizer state, RNG key, and anything else it keeps in ``extra``). Each party
+  produces and restores its own, party-locally.
+* :class:`RoundRecord`: what a trainer reports after round ``r`` (every participant's state
+  and the ids whose rows it used); ``fit(resume_from=record)`` continues at ``r + 1``.
+* :class:`Checkpoint`: the same record as plain trees, what the unlearning store writes;
+  :func:`to_checkpoint` / :func:`from_checkpoint` convert, losslessly.
+
+:class:`CheckpointedTrainer` and :class:`TrainerAdapter` are the protocol the unlearning
+package uses to reach a trainer: it never subclasses a trainer or reads a private attribute.
+
+This module imports neither JAX nor any other part of the project, so the unlearning
+package can use it without loading a trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from vfl.core.errors import CheckpointError
+from vfl.core.keyed import split_test
+
+#: Checkpoint ``meta`` keys a horizontal record adds to the shared ones.
+_FED_META = ("participants", "dropped", "skipped")
+
+
+@dataclass
+class PartyState:
+    """Everything a party needs to continue training after a round (checkpoint content)."""
+
+    party: str
+    round: int  # last completed round, -1 before training
+    params: dict[str, Any]  # nested dict of numpy arrays
+    opt_state: list[np.ndarray]  # optax state leaves, in the party's own tree order
+    rng: np.ndarray  # the party's base PRNG key data
+    config_digest: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RoundRecord:
+    """After round ``round``: every participant's state and the ids each one used."""
+
+    round: int
+    epoch: int
+    states: dict[str, PartyState]
+    ids_used: dict[str, tuple[str, ...]]
+    loss: float
+    config_digest: str
+
+
+@dataclass
+class FedRoundRecord(RoundRecord):
+    """A horizontal round: :class:`RoundRecord` (``epoch`` = ``round``) plus who took part."""
+
+    participants: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    rejected: dict[str, str] = field(default_factory=dict)
+    skipped: bool = False
+
+
+@dataclass
+class TrainHistory:
+    """What ``fit`` returns: per-round losses, per-epoch metrics, rounds run, seconds."""
+
+    loss: list[float] = field(default_factory=list)
+    epoch_metrics: list[dict] = field(default_factory=list)
+    rounds: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Checkpoint:
+    """A round record as plain trees: what a trainer hands the unlearning store."""
+
+    model: str
+    round: int
+    states: dict[str, dict]  # party/client -> state tree
+    ids_used: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    loss: float = float("nan")
+    meta: dict = field(default_factory=dict)
+
+
+CheckpointCallback = Callable[[RoundRecord], None]
+
+
+# -- state <-> tree ------------------------------------------------------------------------
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _keys_to_int(tree):
+    # msgpack keeps dict keys as strings; a Flax parameter tree may use int keys (layers).
+    if isinstance(tree, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _keys_to_int(v)
+                for k, v in tree.items()}
+    return tree
+
+
+def _as_list(x) -> list:
+    if isinstance(x, dict):  # msgpack may return lists as {"0": ...}
+        return [x[k] for k in sorted(x, key=int)]
+    return list(x)
+
+
+def state_tree(st: PartyState) -> dict:
+    """A :class:`PartyState` as a tree of numpy arrays and plain values (``extra`` only when
+    the party keeps anything there)."""
+    tree = {
+        "party": st.party,
+        "round": int(st.round),
+        "params": st.params,  # already numpy arrays (or ciphertext bytes), party-made copies
+        "opt_state": [np.asarray(x) for x in st.opt_state],
+        "rng": np.asarray(st.rng),
+        "config_digest": st.config_digest,
+    }
+    if st.extra:
+        tree["extra"] = _plain(st.extra)
+    return tree
+
+
+def party_state(tree: dict) -> PartyState:
+    """The inverse of :func:`state_tree`."""
+    return PartyState(
+        tree["party"], int(tree["round"]), _keys_to_int(dict(tree.get("params") or {})),
+        [np.asarray(x) for x in _as_list(tree.get("opt_state") or [])],
+        np.asarray(tree["rng"]), tree["config_digest"], dict(tree.get("extra") or {}),
+    )
+
+
+def to_checkpoint(model: str, record: RoundRecord) -> Checkpoint:
+    """A round record as the store keeps it."""
+    meta = {"epoch": record.epoch, "config_digest": record.config_digest}
+    if isinstance(record, FedRoundRecord):
+        meta |= {"participants": list(record.participants), "dropped": list(record.dropped),
+                 "skipped": bool(record.skipped)}
+    return Checkpoint(
+        model, record.round,
+        {n: state_tree(s) for n, s in record.states.items()},
+        {n: tuple(str(i) for i in ids) for n, ids in record.ids_used.items()},
+        record.loss, meta,
+    )
+
+
+def from_checkpoint(ckpt: Checkpoint, *, digest_of: str | None = None) -> RoundRecord:
+    """The round record of a stored checkpoint (a :class:`FedRoundRecord` when the
+    checkpoint came from a horizontal round). ``digest_of`` names the participant whose
+    config digest stands for the run (default: the first)."""
+    states = {n: party_state(t) for n, t in ckpt.states.items()}
+    owner = states[digest_of] if digest_of is not None else next(iter(states.values()))
+    if any(k in ckpt.meta for k in _FED_META):
+        return FedRoundRecord(
+            round=ckpt.round, epoch=int(ckpt.meta.get("epoch", ckpt.round)), states=states,
+            ids_used={}, loss=ckpt.loss, config_digest=owner.config_digest,
+            participants=tuple(ckpt.meta.get("participants", ())),
+            dropped=tuple(ckpt.meta.get("dropped", ())),
+            skipped=bool(ckpt.meta.get("skipped", False)),
+        )
+    return RoundRecord(ckpt.round, int(ckpt.meta.get("epoch", 0)), states, {}, ckpt.loss,
+                       owner.config_digest)
+
+
+# -- the shared start of fit ---------------------------------------------------------------
+def check_record(record: RoundRecord, config_digest: str, names: Iterable[str]) -> None:
+    """Refuse to resume from a record of another config or missing a participant's state."""
+    if record.config_digest != config_digest:
+        raise CheckpointError(
+            "the checkpoint was taken under a different training config; resume with the "
+            "config it was trained with"
+        )
+    missing = set(names) - set(record.states)
+    if missing:
+        raise CheckpointError(f"the checkpoint has no state for {sorted(missing)}")
+
+
+def prepare_fit(trainer: CheckpointedTrainer, resume_from: RoundRecord | None) -> int:
+    """Set up ``trainer`` if needed, restore ``resume_from`` if given, and return the first
+    round to run (the shared start of both trainers' ``fit``)."""
+    trainer.ensure_setup()
+    if resume_from is None:
+        return 0
+    trainer.restore(resume_from)
+    return resume_from.round + 1
+
+
+# -- the protocol unlearning uses ----------------------------------------------------------
+@runtime_checkable
+class CheckpointedTrainer(Protocol):
+    """A deterministic, round-based trainer (one model, or one SISA shard)."""
+
+    n_rounds: int
+    phase_starts: list[int]
+
+    @property
+    def is_set_up(self) -> bool: ...
+
+    def setup(self) -> None: ...
+
+    def ensure_setup(self) -> None: ...
+
+    def setup_ids(self) -> dict[str, tuple[str, ...]]: ...
+
+    def restore(self, record: RoundRecord) -> None: ...
+
+    def predict(self, ids) -> np.ndarray: ...
+
+
+class TrainerAdapter(Protocol):
+    """Rebuilds a run's trainers from its manifest (minus erased patients) and converts
+    between the trainer's round records and store checkpoints. The unlearning package finds
+    an adapter by the dotted name in the run manifest and calls only these methods."""
+
+    mode: str
+
+    def models(self) -> list[str]: ...
+
+    def trainer(self, model: str) -> CheckpointedTrainer: ...
+
+    def fit(self, model: str, trainer: CheckpointedTrainer,
+            on_checkpoint: Callable[[Checkpoint], None] | None,
+            resume: Checkpoint | None) -> None: ...
+
+    def load(self, model: str, trainer: CheckpointedTrainer, ckpt: Checkpoint) -> None: ...
+
+    def final_state(self, trainer: CheckpointedTrainer) -> dict[str, dict]: ...
+
+    def holders(self, pid: str) -> list[str]: ...
+
+    def scores(self, trainers: dict[str, CheckpointedTrainer], ids) -> np.ndarray: ...
+
+    def labels(self, ids) -> np.ndarray: ...
+
+    def split_ids(self) -> dict[str, list[str]]: ...
+
+
+class AdapterBase:
+    """What every adapter shares: who holds a patient, SISA score averaging, and the
+    keyed-hash train/test split of :func:`vfl.core.keyed.split_test` over the adapter's
+    ``aligned`` / ``original_aligned`` ids under its ``config.seed`` and
+    ``config.test_fraction``."""
+
+    _id_sets: dict[str, set[str]] | None = None
+
+    def holders(self, pid: str) -> list[str]:
+        # the id sets are built once per adapter (its tables never change after __init__)
+        if self._id_sets is None:
+            self._id_sets = {n: set(map(str, t.ids)) for n, t in self.full_tables.items()}
+        return sorted(n for n, ids in self._id_sets.items() if str(pid) in ids)
+
+    def scores(self, trainers: dict, ids) -> np.ndarray:
+        """Averaged scores of the models (SISA: mean over shards)."""
+        ids = [str(i) for i in ids]
+        return np.mean([np.asarray(t.predict(ids)) for t in trainers.values()], axis=0)
+
+    def training_ids(self, pids) -> list[str]:
+        """Those of ``pids`` that were training rows before their erasure."""
+        known = set(self.original_aligned)
+        pids = [str(p) for p in pids if str(p) in known]
+        if not pids:
+            return []
+        test = split_test(
+            np.asarray(pids, dtype=object), self.config.seed, self.config.test_fraction
+        )
+        return [p for p, t in zip(pids, test) if not t]
+
+    def split_ids(self) -> dict[str, list[str]]:
+        """Training (per the current data) and never-seen test ids over all models."""
+        ids = np.asarray(self.aligned, dtype=object)
+        test = split_test(ids, self.config.seed, self.config.test_fraction)
+        return {"train": list(ids[~test]), "test": list(ids[test])}
