@@ -22,16 +22,8 @@ from vfl.core.messages import COORDINATOR, Label, Message
 from vfl.core.party import Party
 from vfl.core.transport import InMemoryTransport
 from vfl.core.wire import BigIntArray
-from vfl.psi.protocol import (
-    GROUP,
-    P,
-    PSIInputError,
-    PSIParticipant,
-    Q,
-    _pow_all,
-    hash_to_group,
-    run_psi,
-)
+from vfl.psi import GROUP, P, PSIInputError, PSIParticipant, Q, hash_to_group, run_psi
+from vfl.psi.group import _pow_all
 
 FAST = settings(max_examples=15, deadline=None)
 NAMES = ["hospital", "lab", "pharmacy", "insurer"]

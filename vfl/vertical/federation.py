@@ -13,7 +13,7 @@ from vfl.core.coordinator import Coordinator
 from vfl.core.errors import ConfigError
 from vfl.core.table import PartyTable
 from vfl.core.transport import InMemoryTransport
-from vfl.psi.protocol import PSIResult, run_psi
+from vfl.psi import PSIResult, run_psi
 from vfl.vertical.config import SecurityPolicy
 from vfl.vertical.parties import ActiveParty, PassiveParty, TrainingParty
 
