@@ -1257,35 +1257,20 @@ def parse_args():
     ap.add_argument("--width", type=int, default=1, help="embedding width (default 1)")
     ap.add_argument("--round-batch", type=int, default=64)
     ap.add_argument("--round-features", type=int, default=30)
-    ap.add_argument(
-        "--round-rows",
-        type=int,
-        default=None,
-        help="training rows N of the round benchmark (default 1000; quick 256)",
-    )
-    ap.add_argument(
-        "--round-rounds",
-        type=int,
-        default=None,
-        help="measured rounds per form (default 10; quick 3)",
-    )
+    ap.add_argument("--round-rows", type=int, default=None,
+                    help="training rows N of the round benchmark (default 1000; quick 256)")
+    ap.add_argument("--round-rounds", type=int, default=None,
+                    help="measured rounds per form (default 10; quick 3)")
     ap.add_argument("--rows", type=int, default=100_000, help="epoch rows (default 100000)")
     ap.add_argument("--batch", type=int, default=1024, help="epoch batch size (default 1024)")
-    ap.add_argument(
-        "--epoch-rounds",
-        type=int,
-        default=None,
-        help="epoch rounds measured, then extrapolated (default 5; quick 2; 0 = the whole epoch)",
-    )
+    ap.add_argument("--epoch-rounds", type=int, default=None,
+                    help="epoch rounds measured, then extrapolated "
+                    "(default 5; quick 2; 0 = the whole epoch)")
     ap.add_argument("--wide-features", type=int, default=20_000)
     ap.add_argument("--wide-rows", type=int, default=200)
     ap.add_argument("--wide-batch", type=int, default=64)
-    ap.add_argument(
-        "--wide-rounds",
-        type=int,
-        default=None,
-        help="measured rounds per form (default 3; quick 2)",
-    )
+    ap.add_argument("--wide-rounds", type=int, default=None,
+                    help="measured rounds per form (default 3; quick 2)")
     ap.add_argument(
         "--wide-primal-features",
         type=int,

@@ -66,8 +66,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unlearning.methods.sisa import sisa_spec  # noqa: E402
-from unlearning.requests import ErasureRequest, ErasureService  # noqa: E402
 from unlearning.run import RunDir, train_run  # noqa: E402
+from unlearning.service import ErasureRequest, ErasureService  # noqa: E402
 from vfl.core.tasks import Task  # noqa: E402
 from vfl.vertical.config import TrainConfig  # noqa: E402
 from vfl.vertical.models import ModelConfig  # noqa: E402

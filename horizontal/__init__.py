@@ -1,4 +1,4 @@
-"""Horizontal federated learning: the FedAvg family for hospital networks (DESIGN section 8).
+"""Horizontal federated learning: the FedAvg family for hospital networks.
 
 Several hospitals hold the *same columns* about *different patients*. A
 :class:`~horizontal.server.FedServer` and one :class:`~horizontal.client.HospitalClient`
@@ -8,13 +8,15 @@ labelled. :class:`~horizontal.trainer.FederatedTrainer` drives rounds; in memory
 sampled clients' local training runs as one ``jit(vmap(...))`` program
 (:mod:`horizontal.simulation`).
 
-Modules: ``config`` (FedConfig), ``schedule`` (keyed-hash batches and samples), ``model``
-(flat-vector Flax NNX model), ``local`` (pure client update), ``simulation`` (vectorized
-executor), ``client``, ``server``, ``strategies`` (aggregators, server optimizers),
-``compression``, ``heterogeneity``, ``partition``, ``personalization``, ``trainer``,
-``errors``.
+Modules: ``config`` (FedConfig), ``flat_model`` (flat-vector Flax NNX model),
+``client_update`` (pure client update), ``simulation`` (vectorized executor), ``client``,
+``server``, ``strategies`` (aggregators, server optimizers), ``compression``, ``systems``
+(stragglers, dropouts), ``partition``, ``personalization``, ``federaser`` (approximate
+client removal), ``checkpointing`` (the unlearning adapter), ``trainer``, ``errors``. Keyed-hash
+batches and client samples come from :mod:`vfl.core.keyed`.
 """
 
+from horizontal import errors, partition
 from horizontal.client import HospitalClient
 from horizontal.config import FedConfig
 from horizontal.errors import (
@@ -29,6 +31,7 @@ from horizontal.errors import (
     NonFiniteUpdateError,
     UpdateShapeError,
 )
+from horizontal.partition import dirichlet_label_skew, iid, natural, quantity_skew
 from horizontal.server import FedServer
 from horizontal.simulation import LocalExecutor
 from horizontal.systems import SystemsConfig
@@ -52,4 +55,10 @@ __all__ = [
     "NonFiniteUpdateError",
     "SystemsConfig",
     "UpdateShapeError",
+    "dirichlet_label_skew",
+    "errors",
+    "iid",
+    "natural",
+    "partition",
+    "quantity_skew",
 ]

@@ -1,10 +1,14 @@
 """The horizontal (FedAvg) adapter: rebuilds :class:`~horizontal.trainer.FederatedTrainer` s
 from a run manifest, minus erased patients, for replay and retrain.
 
-Every client's table comes from the dataset factory named in the manifest minus the erased
-ids (each hospital deletes the patient's rows). There is no PSI in a horizontal federation:
-the manifest's ``aligned`` list is simply every client's ids (:func:`horizontal_spec` fills
-it in), kept for the held-out split and the erasure bookkeeping.
+Every client is built from its full table, as the dataset factory named in the manifest
+gives it, and deletes the erased patients' rows itself: the coordinator sends it
+``data.erase`` with the ids it holds and it answers ``data.erased``
+(:func:`vfl.core.rounds.request_erasure`); the adapter never filters a table, it only keeps
+the ids (which clients still hold rows, which train). There is no PSI in a horizontal
+federation: the manifest's ``aligned`` list is simply every client's ids
+(:meth:`HorizontalAdapter.align`, which :func:`horizontal_spec` calls), kept for the held-out
+split and the erasure bookkeeping.
 
 Checkpoints hold one state tree per party: the server (global model, server optimizer state,
 SCAFFOLD control) and every client (error-feedback residual, SCAFFOLD control, FedPer head).
@@ -36,7 +40,12 @@ Update logs (``spec["client_update_logs"]``, on by default in :func:`horizontal_
 model, no slices). Every client logs its own per-round update
 (:class:`~horizontal.federaser.LoggingClient`) and keeps it at
 ``RUN_DIR/owners/CLIENT/`` (:meth:`HorizontalAdapter.keep_owner_records`), for approximate
-removal of a whole client (:class:`~unlearning.requests.ClientRemovalRequest`).
+removal of a whole client (``ClientRemovalRequest`` of the erasure service). The removal
+itself is served through this adapter's client-removal methods
+(:class:`vfl.core.rounds.ClientRemovalAdapter`: :meth:`HorizontalAdapter.check_client_removal`,
+:meth:`~HorizontalAdapter.delete_client_update_log`, :meth:`~HorizontalAdapter.remove_client`,
+:meth:`~HorizontalAdapter.local_steps` and :meth:`~HorizontalAdapter.global_params`), which run
+:mod:`horizontal.federaser`.
 """
 
 from __future__ import annotations
@@ -54,12 +63,22 @@ from horizontal.client_update import compiled_predict
 from horizontal.config import FedConfig
 from horizontal.errors import EmptyRoundError
 from horizontal.server import SERVER, FedServer
+from horizontal.simulation import LocalExecutor
 from horizontal.trainer import FederatedTrainer, FedRoundRecord
-from vfl.core.errors import RunDirError
+from vfl.core.coordinator import Coordinator
+from vfl.core.errors import MethodUnavailableError, RunDirError, UnknownClientError
 from vfl.core.keyed import SlicePlan, ids_digest, shard_map, split_test
 from vfl.core.messages import Label
 from vfl.core.party import handles
-from vfl.core.rounds import AdapterBase, Checkpoint, from_checkpoint, state_tree, to_checkpoint
+from vfl.core.rounds import (
+    AdapterBase,
+    Checkpoint,
+    from_checkpoint,
+    request_erasure,
+    state_tree,
+    to_checkpoint,
+)
+from vfl.core.transport import InMemoryTransport
 
 _DATA_CACHE: dict[str, dict] = {}
 
@@ -80,8 +99,7 @@ def load_client_tables(dataset: dict) -> dict:
 def horizontal_spec(dataset: dict, config: FedConfig, **extra) -> dict:
     """A run manifest for :func:`unlearning.run.train_run` (``aligned`` = every client's ids,
     so no PSI runs)."""
-    tables = load_client_tables(dataset)
-    aligned = sorted({str(i) for t in tables.values() for i in t.ids})
+    aligned = HorizontalAdapter.align({"dataset": dataset})
     # Each client keeps its own per-round updates (for approximate removal of a client).
     return {"mode": "horizontal", "dataset": dataset, "config": config.to_json(),
             "aligned": aligned, "client_update_logs": True} | extra
@@ -229,13 +247,14 @@ class HorizontalAdapter(AdapterBase):
         self.spec = spec
         self.config = FedConfig.from_json(spec["config"])
         self.full_tables = load_client_tables(spec["dataset"])
-        self.erased = set(erased)
-        self.tables = {}
+        self.erased = {str(i) for i in erased}
+        # The ids each client still holds once it deleted the erased rows (bookkeeping:
+        # the clients delete the rows themselves when a trainer is built).
+        self._left = {}
         for name, t in self.full_tables.items():
             keep = [i for i in t.ids if str(i) not in self.erased]
-            if not keep:
-                continue  # a hospital with no rows left leaves the federation
-            self.tables[name] = t if len(keep) == t.n_rows else t.rows(keep)
+            if keep:  # a hospital with no rows left leaves the federation
+                self._left[name] = keep
         self.original_aligned = list(aligned)
         self.aligned = [i for i in aligned if i not in self.erased]
         self._init_sisa(spec)
@@ -269,20 +288,24 @@ class HorizontalAdapter(AdapterBase):
         return ["main"] if self.shards == 1 else [f"shard-{k}" for k in range(self.shards)]
 
     def model_tables(self, model: str) -> dict:
-        """Each client's share of ``model`` (its rows of the shard), minus clients with no
-        training row there (a hospital cannot train on held-out rows only; it sits out)."""
+        """Each client's share of ``model`` as loaded (its rows of the shard; the client
+        deletes the erased ones itself when :meth:`trainer` builds it), minus clients with no
+        training row left there (a hospital cannot train on held-out rows only; it sits
+        out)."""
         if model not in self._shares:
-            if model == "main":
-                share = dict(self.tables)
-            else:
+            share = {}
+            for name, left in self._left.items():
+                t = self.full_tables[name]
+                if model == "main":
+                    share[name] = (t, left)
+                    continue
                 k = int(model.split("-")[1])
-                share = {}
-                for name, t in self.tables.items():
-                    shard = shard_map(map(str, t.ids), self.config.seed, self.shards)
-                    ids = [i for i in t.ids if shard[str(i)] == k]
-                    if ids:
-                        share[name] = t if len(ids) == t.n_rows else t.rows(ids)
-            self._shares[model] = {n: t for n, t in share.items() if self._trains(t)}
+                shard = shard_map(map(str, t.ids), self.config.seed, self.shards)
+                rows = [i for i in t.ids if shard[str(i)] == k]
+                left = [i for i in left if shard[str(i)] == k]
+                if left:
+                    share[name] = (t if len(rows) == t.n_rows else t.rows(rows), left)
+            self._shares[model] = {n: t for n, (t, left) in share.items() if self._trains(left)}
             if not self._shares[model]:
                 raise RunDirError(
                     f"model {model!r} has no client with a training row; use fewer SISA "
@@ -290,14 +313,122 @@ class HorizontalAdapter(AdapterBase):
                 )
         return self._shares[model]
 
-    def _trains(self, table) -> bool:
-        return not split_test(table.ids, self.config.seed, self.config.test_fraction).all()
+    def _trains(self, ids) -> bool:
+        return not split_test(ids, self.config.seed, self.config.test_fraction).all()
 
     def trainer(self, model: str) -> UnlearnableFedTrainer:
+        """The federation of ``model``: its clients are built from their shares as loaded
+        and each deletes its erased rows itself (``data.erase``) before setup."""
         kw = {"client_factory": approximate.LoggingClient} if self.update_logs else {}
-        return UnlearnableFedTrainer(self.model_tables(model), self.train_config, mode="loop",
-                                     scoring_tables=self.full_tables, slices=self.plan,
-                                     rounds_per_slice=self.rounds_per_slice, **kw)
+        t = UnlearnableFedTrainer(self.model_tables(model), self.train_config, mode="loop",
+                                  scoring_tables=self.full_tables, slices=self.plan,
+                                  rounds_per_slice=self.rounds_per_slice, **kw)
+        request_erasure(t.coordinator, {n: ids for n, ids in self.erased_held().items()
+                                        if n in t.clients})
+        return t
+
+    @property
+    def tables(self) -> dict:
+        """Each client's table as the client holds it after the run's erasures, for
+        inspection (reports, tests): clients built from their full tables delete the erased
+        rows themselves (``data.erase``); a client with no row left has left the federation.
+        Training never reads this (each trainer's clients do the same deletion)."""
+        coordinator, clients = self.holding_parties()
+        request_erasure(coordinator, self.erased_held())
+        return {n: c.table for n, c in clients.items() if c.table.n_rows}
+
+    # -- erasure and alignment -------------------------------------------------------------
+    def holding_parties(self):
+        transport, executor = InMemoryTransport(), LocalExecutor("loop")
+        clients = {n: HospitalClient(n, t, executor) for n, t in self.full_tables.items()}
+        for client in clients.values():
+            transport.register(client)
+        return Coordinator(transport), clients
+
+    @classmethod
+    def align(cls, spec: dict, *, progress: bool = False) -> list[str]:
+        """No PSI in a horizontal federation: every client's ids, sorted."""
+        tables = load_client_tables(spec["dataset"])
+        return sorted({str(i) for t in tables.values() for i in t.ids})
+
+    # -- approximate removal of a whole client (horizontal.federaser) ----------------------
+    def check_client_removal(self, run, client: str) -> list[str]:
+        """Everything in this run that can refuse removing ``client`` approximately, checked
+        before anything is written (``run``: the run directory, for its deletion registry
+        and the owners' update logs); returns the client's ids not erased yet (all of its
+        rows leave with it)."""
+        approximate.check_supported(self.config)
+        if client not in self.full_tables:
+            raise UnknownClientError(
+                f"no client named {client!r} in this run; its clients are "
+                f"{sorted(self.full_tables)} (nothing was changed)"
+            )
+        erased = run.erased()
+        ids = self.full_tables[client].ids
+        pids = [str(i) for i in ids if str(i) not in erased]
+        if not pids:
+            by = sorted({erased[str(i)] for i in ids})
+            raise UnknownClientError(
+                f"client {client!r} holds no rows in this run any more (erased by {by}); "
+                "there is nothing left to remove (nothing was changed)"
+            )
+        remaining = [n for n in self.model_tables("main") if n != client]
+        if not remaining:
+            raise MethodUnavailableError(
+                f"removing {client!r} would leave no client with training rows; retire the "
+                "run instead"
+            )
+        missing = [n for n in remaining if not approximate.update_log_path(
+            run.path, n, "main").exists()]
+        if not self.update_logs or missing:
+            raise MethodUnavailableError(
+                "approximate removal replays the remaining clients' own update logs, and this "
+                f"run keeps none for {missing or remaining} (train it with "
+                "client_update_logs=True, the default of horizontal_spec); or remove the "
+                "client exactly by erasing its patients (--method exact)"
+            )
+        return pids
+
+    def delete_client_update_log(self, run, client: str, model: str = "main") -> None:
+        """The leaving client deletes the update log it kept itself."""
+        approximate.delete_update_log(run.path, client, model)
+
+    def remove_client(self, run, model: str, *, every: int, calibration_fraction: float,
+                      between: str, meta: dict) -> dict:
+        """FedEraser-style calibrated replay (:func:`horizontal.federaser.calibrated_replay`)
+        by the remaining federation, set up again (its scaler no longer has the leaving
+        client's moments; this adapter must be the run's after the client's rows were
+        erased), from the remaining owners' update logs. Returns the checkpoint that
+        replaces every checkpoint of ``model`` (``meta`` added to its meta), ``rounds``
+        replayed, ``rounds_total``, ``calibration_rounds``, ``seconds`` and
+        ``calibration`` (settings and cost, for the certificate)."""
+        trainer = self.trainer(model)
+        trainer.setup()
+        logs = self.load_owner_logs(run, model, trainer.members, trainer.n_params)
+        out = approximate.calibrated_replay(
+            trainer, logs, every=every, calibration_fraction=calibration_fraction,
+            between=between)
+        calibration = out["settings"] | {
+            "calibration_rounds": out["calibration_rounds"], "rounds_used": out["rounds"],
+            "local_steps": out["local_steps"], "seconds": out["seconds"],
+            "start": "the initial model (round 0)", "remaining_clients": list(trainer.members),
+            "update_log_bytes": {n: logs[n].nbytes for n in sorted(logs)},
+            "update_logs_at": "each remaining client (RUN_DIR/owners/CLIENT), never the server",
+            "scaler": "pooled over the remaining clients (refitted at setup)",
+        }
+        ckpt = self.checkpoint_with_global(model, trainer, out["params"], meta)
+        return {"checkpoint": ckpt, "rounds": out["rounds"], "rounds_total": trainer.n_rounds,
+                "calibration_rounds": out["calibration_rounds"], "seconds": out["seconds"],
+                "calibration": calibration}
+
+    def local_steps(self, trainer) -> int:
+        """Local steps every member of ``trainer`` (fitted with update logs) trained."""
+        return approximate.local_steps(trainer)
+
+    @staticmethod
+    def global_params(trainer) -> np.ndarray:
+        """The global model's parameters (one flat vector)."""
+        return trainer.global_params()
 
     # -- what the clients keep themselves ---------------------------------------------------
     def keep_owner_records(self, run, model: str, trainer, first_round: int) -> None:

@@ -15,6 +15,9 @@ and SCAFFOLD control; it is reachable only through :meth:`handle`. What it tells
   hide it and are out of scope here);
 * ``eval.metrics`` -> coordinator: metrics on its own held-out rows, and scores with labels
   only when the operator asks for a pooled evaluation (``plaintext-by-design``).
+* ``data.erased`` -> coordinator: after the coordinator relayed an erasure request
+  (``data.erase``), how many of its rows it deleted, how many it has left and a digest of the
+  ids it still holds (``public``).
 
 Local training is submitted to the shared :class:`~horizontal.simulation.LocalExecutor`
 (the simulation's stand-in for the client's device) when ``fit`` arrives and collected on
@@ -35,7 +38,7 @@ from vfl.core.errors import PayloadShapeError, ProtocolError, UnexpectedSenderEr
 from vfl.core.keyed import id_hashes, ids_digest, local_batches, split_test, steps_per_epoch
 from vfl.core.messages import COORDINATOR, Label, Message
 from vfl.core.party import Party, handles
-from vfl.core.rounds import PartyState
+from vfl.core.rounds import ERASE, ERASED, PartyState, erase_ids, erasure_ack
 from vfl.core.table import PartyTable
 
 SERVER = "server"
@@ -43,8 +46,8 @@ SERVER = "server"
 
 class HospitalClient(Party):
     """Only its server may send it setup, the scaler, the global model and evaluation or
-    fine-tuning requests; only the coordinator asks it to collect (:attr:`SENDERS`, checked
-    in :meth:`handle` before any handler runs)."""
+    fine-tuning requests; only the coordinator asks it to collect or to delete rows
+    (:attr:`SENDERS`, checked in :meth:`handle` before any handler runs)."""
 
     SENDERS = {
         "setup": "server",
@@ -53,6 +56,7 @@ class HospitalClient(Party):
         "evaluate": "server",
         "finetune": "server",
         "fit.collect": "coordinator",
+        ERASE: "coordinator",
     }
 
     def __init__(self, name: str, table: PartyTable, executor: LocalExecutor,
@@ -90,6 +94,17 @@ class HospitalClient(Party):
         if kind == "setup.stats" and "n_train" not in (payload or {}):
             payload = dict(payload or {}, n_train=int(len(self.train_ids)))
         return super().send(receiver, kind, label, payload, round, label_dependent)
+
+    # -- erasure ----------------------------------------------------------------------------
+    @handles(ERASE)
+    def on_erase(self, msg: Message) -> list[Message]:
+        """Delete this hospital's rows of the ids the coordinator names (an erasure request)
+        and say how many (``data.erased``). A client already set up keeps its training view
+        (and the server its moments) until the federation is set up again."""
+        before = self.table.n_rows
+        self.table = self.table.without(erase_ids(msg))
+        ack = erasure_ack(before - self.table.n_rows, self.table.ids)
+        return [self.send(COORDINATOR, ERASED, Label.PUBLIC, ack)]
 
     # -- setup ------------------------------------------------------------------------------
     @handles("setup")

@@ -25,13 +25,13 @@ import jax.numpy as jnp
 import optax
 
 from horizontal.flat_model import FlatModel
+from vfl.core.optim import make_optimizer
 from vfl.core.tasks import Task
 
 
 def client_optimizer(name: str, lr: float) -> optax.GradientTransformation:
-    if name == "momentum":
-        return optax.sgd(lr, momentum=0.9)
-    return optax.sgd(lr)
+    """The clients' local optimizer: SGD, or SGD with momentum 0.9 (``momentum``)."""
+    return make_optimizer("momentum" if name == "momentum" else "sgd", lr)
 
 
 def make_local_train(model: FlatModel, task: Task, optimizer: str, lr: float):

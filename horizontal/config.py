@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 
 from horizontal.errors import FedConfigError, NoClientsSampledError
 from horizontal.systems import SystemsConfig
+from vfl.core import configs
 from vfl.core.tasks import Task
 
 ALGORITHMS = ("fedavg", "scaffold")
@@ -151,35 +152,7 @@ class FedConfig:
         return m
 
     def to_json(self) -> dict:
-        return {
-            "task": {"kind": self.task.kind, "n_classes": self.task.n_classes},
-            "hidden": list(self.hidden),
-            "rounds": self.rounds,
-            "clients_per_round": self.clients_per_round,
-            "fraction": self.fraction,
-            "local_epochs": self.local_epochs,
-            "batch_size": self.batch_size,
-            "client_lr": self.client_lr,
-            "client_optimizer": self.client_optimizer,
-            "mu": self.mu,
-            "algorithm": self.algorithm,
-            "server_optimizer": self.server_optimizer,
-            "server_lr": self.server_lr,
-            "aggregator": self.aggregator,
-            "trim_fraction": self.trim_fraction,
-            "krum_f": self.krum_f,
-            "compression": self.compression,
-            "topk_fraction": self.topk_fraction,
-            "error_feedback": self.error_feedback,
-            "personalization": self.personalization,
-            "seed": self.seed,
-            "test_fraction": self.test_fraction,
-            "systems": self.systems.to_json(),
-            "straggler_policy": self.straggler_policy,
-            "on_bad_update": self.on_bad_update,
-            "on_empty_round": self.on_empty_round,
-            "max_retries": self.max_retries,
-        }
+        return configs.to_json(self)
 
     @classmethod
     def from_json(cls, obj: dict) -> FedConfig:
@@ -189,13 +162,8 @@ class FedConfig:
         unknown = sorted(set(obj) - {f.name for f in fields(cls)}, key=str)
         if unknown:
             raise FedConfigError(f"unknown setting(s) {unknown} in the setup config")
-        obj = dict(obj)
         try:
-            t = obj.pop("task")
-            obj["task"] = Task(t["kind"], t["n_classes"])
-            obj["hidden"] = tuple(obj["hidden"])
-            obj["systems"] = SystemsConfig.from_json(obj["systems"])
-            return cls(**obj)
+            return configs.from_json(cls, obj, required=("task", "hidden", "systems"))
         except FedConfigError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -31,7 +31,7 @@ each client's log at that client: ``RUN_DIR/owners/CLIENT/update-log-MODEL.msgpa
 (:func:`update_log_path`; flax msgpack, never pickle), standing for the hospital's own
 storage; the checkpoint store and the server never hold one client's update. An exact replay
 rewrites the logs with the replayed updates (a log is influenced by every patient the model
-was). :class:`~unlearning.requests.ClientRemovalRequest` (``vfl erase --client NAME --method
+was). ``ClientRemovalRequest`` of the erasure service (``vfl erase --client NAME --method
 approx``) serves a removal there: the leaving client deletes its rows and its log, the
 federation of the remaining clients is set up again (so the scaler no longer has the leaving
 client's moments) and :func:`calibrated_replay` rebuilds the global model from the remaining

@@ -40,6 +40,12 @@ class FlatModel:
         """Logits ``(rows, n_outputs)``; pure, jit- and vmap-friendly."""
         return nnx.merge(self.graphdef, self.unravel(flat))(x)
 
+    def tree(self, flat) -> dict:
+        """A flat vector as the module's parameters: nested dicts of numpy arrays
+        (``{"layers": {0: {"kernel", "bias"}, ...}, "out": {"kernel", "bias"}}``)."""
+        state = self.unravel(jnp.asarray(flat, dtype=jnp.float32))
+        return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+
     @property
     def key(self) -> tuple:
         """Hashable identity of the architecture (cache key for compiled functions)."""

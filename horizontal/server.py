@@ -338,6 +338,10 @@ class FedServer(Party):
     def global_params(self) -> np.ndarray:
         return self.w.copy()
 
+    def parameters(self) -> dict:
+        """The global model as the module's parameters (nested dicts of numpy arrays)."""
+        return self.model.tree(self.w)
+
     def snapshot(self) -> PartyState:
         leaves = [np.asarray(x) for x in jax.tree.leaves(self.opt_state)]
         extra = {"members": list(self.members)}

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from horizontal.errors import FedConfigError
+from vfl.core.optim import make_optimizer
 
 
 def weighted_mean(updates, weights) -> np.ndarray:
@@ -71,15 +72,18 @@ def aggregate(name: str, updates, weights, *, trim_fraction=0.1, krum_f=1) -> np
     raise FedConfigError(f"unknown aggregator {name!r}")
 
 
+#: Server optimizers as (name, keyword arguments) of :func:`vfl.core.optim.make_optimizer`.
+SERVER_OPTIMIZER_SPECS = {
+    "fedavg": ("sgd", {}),
+    "fedavgm": ("momentum", {"momentum": 0.9}),
+    "fedadam": ("adam", {"b1": 0.9, "b2": 0.99, "eps": 1e-3}),
+    "fedyogi": ("yogi", {"b1": 0.9, "b2": 0.99, "eps": 1e-3}),
+    "fedadagrad": ("adagrad", {"initial_accumulator_value": 0.0, "eps": 1e-3}),
+}
+
+
 def server_optimizer(name: str, lr: float) -> optax.GradientTransformation:
-    if name == "fedavg":
-        return optax.sgd(lr)
-    if name == "fedavgm":
-        return optax.sgd(lr, momentum=0.9)
-    if name == "fedadam":
-        return optax.adam(lr, b1=0.9, b2=0.99, eps=1e-3)
-    if name == "fedyogi":
-        return optax.yogi(lr, b1=0.9, b2=0.99, eps=1e-3)
-    if name == "fedadagrad":
-        return optax.adagrad(lr, initial_accumulator_value=0.0, eps=1e-3)
-    raise FedConfigError(f"unknown server optimizer {name!r}")
+    if name not in SERVER_OPTIMIZER_SPECS:
+        raise FedConfigError(f"unknown server optimizer {name!r}")
+    base, hyper = SERVER_OPTIMIZER_SPECS[name]
+    return make_optimizer(base, lr, **hyper)

@@ -15,9 +15,9 @@ Round ``r``:
    unchanged), retries with clients not yet tried, or raises;
 6. coordinator -> server ``round.aggregate``; the server commits one new global model.
 
-Checkpoint contract (DESIGN section 6), as in :mod:`vfl.vertical.trainer`: after round ``r``,
+Checkpoint contract (:mod:`vfl.core.rounds`), as in :mod:`vfl.vertical.trainer`: after round ``r``,
 ``on_round_end(record)`` receives a :class:`FedRoundRecord` with every party's
-:class:`~vfl.vertical.parties.PartyState` and, per client, the ids of the rows its update used.
+:class:`~vfl.core.rounds.PartyState` and, per client, the ids of the rows its update used.
 The state after ``r`` depends only on the seed, the state after ``r - 1`` and those rows
 (batches, samples, dropouts and quantization noise all come from keyed hashes), so
 ``fit(resume_from=record)`` continues at ``r + 1`` and ends bitwise equal to an
@@ -27,8 +27,6 @@ uninterrupted run.
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,20 +41,17 @@ from horizontal.errors import (
 from horizontal.server import SERVER, FedServer
 from horizontal.simulation import LocalExecutor
 from vfl.core import metrics as vfl_metrics
-from vfl.core.errors import PartyUnavailableError
-from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.coordinator import Coordinator, FailurePolicy, Routed
+from vfl.core.messages import Message
 from vfl.core.progress import progress_bar
-from vfl.core.rounds import FedRoundRecord, check_record, prepare_fit
+from vfl.core.rounds import FedRoundRecord, TrainHistory, check_record, prepare_fit
 from vfl.core.table import PartyTable
 from vfl.core.transport import InMemoryTransport
 
 
-@dataclass
-class _Routed:
-    back: list[Message] = field(default_factory=list)
-    delivered: list[tuple[str, str]] = field(default_factory=list)  # (receiver, kind)
-    dropped: list[str] = field(default_factory=list)
-    rejected: dict[str, BadUpdateError | ClientSchemaError] = field(default_factory=dict)
+def _blame(message: Message, error: Exception) -> str:
+    # a bad update is the client's that sent it, even when the server refuses it
+    return error.client if isinstance(error, BadUpdateError) else message.receiver
 
 
 class FederatedTrainer:
@@ -75,6 +70,7 @@ class FederatedTrainer:
             raise EmptyRoundError("a federation needs at least one client table")
         self.config = config
         self.transport = transport if transport is not None else InMemoryTransport()
+        self.coordinator = Coordinator(self.transport)
         self.executor = LocalExecutor(mode, max_chunk_bytes=max_chunk_bytes)
         # ``client_factory(name, table, executor)`` and ``server_factory(name)`` let tests,
         # studies and the unlearning adapters plug in other behaviour (e.g. a Byzantine
@@ -105,33 +101,19 @@ class FederatedTrainer:
             self.setup()
 
     # -- routing ------------------------------------------------------------------------------
-    def _request(self, receiver, kind, payload=None, round=None) -> Message:
-        return Message(COORDINATOR, receiver, kind, Label.PUBLIC, payload or {}, round)
+    def _failure_policy(self) -> FailurePolicy:
+        """Drop-outs are recorded, never fatal; a refused update or schema is recorded
+        against its client unless the config says ``on_bad_update="raise"``."""
+        refusals = () if self.config.on_bad_update == "raise" else (
+            BadUpdateError, ClientSchemaError)
+        return FailurePolicy("record", refusals, _blame)
 
-    def _route(self, messages) -> _Routed:
-        """Deliver messages and their replies; per-client failures are collected, not fatal
-        (unless the config says ``on_bad_update="raise"``)."""
-        out = _Routed()
-        queue = deque(messages)
-        while queue:
-            msg = queue.popleft()
-            if msg.receiver == COORDINATOR:
-                out.back.append(self.transport.send_to_coordinator(msg))
-                continue
-            try:
-                replies = self.transport.deliver(msg)
-            except PartyUnavailableError:
-                out.dropped.append(msg.receiver)
-                continue
-            except (BadUpdateError, ClientSchemaError) as exc:
-                if self.config.on_bad_update == "raise":
-                    raise
-                who = exc.client if isinstance(exc, BadUpdateError) else msg.receiver
-                out.rejected[who] = exc
-                continue
-            out.delivered.append((msg.receiver, msg.kind))
-            queue.extend(replies)
-        return out
+    def _request(self, receiver, kind, payload=None, round=None) -> Message:
+        return self.coordinator.request(receiver, kind, payload, round)
+
+    def _route(self, messages) -> Routed:
+        """Deliver messages and their replies through the coordinator's routing loop."""
+        return self.coordinator.route(messages, self._failure_policy())
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -246,11 +228,14 @@ class FederatedTrainer:
     # -- training ------------------------------------------------------------------------------
     def fit(self, *, on_round_end=None, resume_from: FedRoundRecord | None = None,
             stop_after: int | None = None, eval_every: int = 0, progress: bool = True,
-            description: str = "federated training") -> list[dict]:
+            description: str = "federated training") -> TrainHistory:
+        """Run rounds up to ``config.rounds`` (or ``stop_after``, inclusive); the history is
+        the sequence of round summaries."""
         start = prepare_fit(self, resume_from)
+        t0 = time.perf_counter()
         last = self.config.rounds - 1 if stop_after is None else min(
             stop_after, self.config.rounds - 1)
-        history = []
+        history = TrainHistory()
         with progress_bar(description, total=self.config.rounds, enabled=progress) as bar:
             bar.advance(start)
             for r in range(start, last + 1):
@@ -259,8 +244,10 @@ class FederatedTrainer:
                     on_round_end(self.snapshot(summary))
                 if eval_every and ((r + 1) % eval_every == 0 or r == last):
                     summary["eval"] = self.evaluate()["pooled"]
-                history.append(summary)
+                history.record(summary)
                 bar.advance(1)
+        history.rounds = last + 1 - start
+        history.seconds = time.perf_counter() - t0
         return history
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -289,3 +276,10 @@ class FederatedTrainer:
     def global_params(self) -> np.ndarray:
         """The operator's copy of the global model (the server publishes it)."""
         return self.server.global_params()
+
+    def parameters(self) -> dict:
+        """The trained global model as nested dicts of numpy arrays, in the layout of the
+        Flax module (``{"layers": {...}, "out": {"kernel", "bias"}}``; ``hidden=()``:
+        just ``out``). :meth:`global_params` is the same model as one flat vector. Under
+        FedPer each client's personal head stays with the client."""
+        return self.server.parameters()

@@ -8,8 +8,9 @@ the scenarios).
 waits for it (``--lock-timeout SECONDS`` to give up, ``0`` to refuse at once), and it
 refuses a run whose audit log does not verify. ``vfl audit verify`` only reads.
 
-Scenarios live in the top-level ``scenarios`` package and are found by name at run time,
-so the library never imports them.
+Scenarios are the modules of the ``scenarios`` package that define ``main`` (this module,
+``report`` and ``vertical_runs`` are its helpers); they are found by name at run time, so
+the library never imports them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import pkgutil
 import sys
 from pathlib import Path
 
+#: Modules of the scenarios package that are not scenarios.
+HELPERS = frozenset({"cli", "report", "vertical_runs"})
+
 
 def _scenario_names() -> list[str]:
     try:
@@ -28,7 +32,8 @@ def _scenario_names() -> list[str]:
     except ImportError:
         return []
     return sorted(
-        m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")
+        m.name for m in pkgutil.iter_modules(package.__path__)
+        if not m.name.startswith("_") and m.name not in HELPERS
     )
 
 
@@ -121,7 +126,6 @@ def _unlearning_command(args) -> int:
     """``vfl erase`` / ``vfl audit verify`` / ``vfl lineage`` / ``vfl check``; 0 ok, 1
     verification failed (or a run that does not verify was refused), 2 bad input or a busy
     run (the message says what to do)."""
-    import unlearning  # noqa: F401  (registers the trainer adapters)
     from unlearning.errors import AuditTamperError, RunInconsistentError, UnlearningError
     from unlearning.run import RunDir
 
@@ -133,7 +137,7 @@ def _unlearning_command(args) -> int:
             return _lineage(run, args.patient)
         if args.command == "check":
             return _check(run, args)
-        from unlearning.requests import ErasureService
+        from unlearning.service import ErasureService
 
         request = _erase_request(args)  # validated before anything is touched
 
@@ -247,7 +251,7 @@ def _check(run, args) -> int:
 def _erase_request(args):
     """The request ``vfl erase`` names: patients (exact/sisa) or a whole client (approx)."""
     from unlearning.errors import UnlearningError
-    from unlearning.requests import ClientRemovalRequest, ErasureRequest
+    from unlearning.service import ClientRemovalRequest, ErasureRequest
 
     reason = {} if args.reason is None else {"reason": args.reason}
     if args.client is None:

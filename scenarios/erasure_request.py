@@ -7,8 +7,8 @@ checkpoint each patient did not influence, and a batch (50+ patients) is served 
 the membership-inference figures mean something. A SISA ensemble (S shards, slices) serves
 a request by replaying one shard. Every result is compared with a retrain from scratch
 without the patients. A copy of the audit log is tampered with to show verification
-catches it. The horizontal trainer is not in this tree yet, so removing a whole hospital
-approximately is reported as not run.
+catches it. Finally a whole hospital leaves a horizontal flchain federation and is removed
+approximately (FedEraser-style calibrated replay), against an exact retrain without it.
 
 Outputs in --out: run/ and sisa_run/ (run directories for `vfl erase`, `vfl lineage`,
 `vfl audit verify`), certificates/, report.md, erasure_times.png, result.json.
@@ -37,8 +37,8 @@ from scenarios.report import (
 )
 from unlearning.audit_log import AuditLog
 from unlearning.methods.sisa import sisa_spec
-from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
+from unlearning.service import ErasureRequest, ErasureService
 from unlearning.shadow import attack_run
 from vfl.core.tasks import Task
 from vfl.datasets import load_flchain

@@ -32,6 +32,7 @@ from scenarios.vertical_runs import (
     AUDIT_COLUMNS,
     SAW_COLUMNS,
     SAW_COMPACT_COLUMNS,
+    add_protocol_argument,
     audit_rows,
     leakage_json,
     metrics_summary,
@@ -56,12 +57,8 @@ MODEL_NAMES = {
 
 def build_parser():
     parser = scenario_parser(NAME, __doc__)
-    parser.add_argument(
-        "--protocol",
-        default="paillier",
-        choices=["paillier", "paillier-masked-gradient", "plain"],
-        help="vertical protocol (default: paillier, the federated source layer; plain is "
-        "split learning with plaintext gradients, shown as the comparison)",
+    add_protocol_argument(
+        parser, "; plain is split learning with plaintext gradients, shown as the comparison"
     )
     parser.add_argument(
         "--bottom",

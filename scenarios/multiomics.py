@@ -24,20 +24,11 @@ from __future__ import annotations
 import sys
 import time
 
-from scenarios.report import (
-    console,
-    markdown_table,
-    output_dir,
-    plot_bars,
-    plot_roc,
-    plot_training,
-    print_table,
-    scenario_parser,
-    write_json,
-)
+from scenarios import report
 from scenarios.vertical_runs import (
     AUDIT_COLUMNS,
     SAW_COLUMNS,
+    add_protocol_argument,
     audit_rows,
     leakage_json,
     metrics_summary,
@@ -64,13 +55,8 @@ LABELS = {
 
 
 def build_parser():
-    parser = scenario_parser(NAME, __doc__)
-    parser.add_argument(
-        "--protocol",
-        default="paillier",
-        choices=["paillier", "paillier-masked-gradient", "plain"],
-        help="vertical protocol (default: paillier, the federated source layer)",
-    )
+    parser = report.scenario_parser(NAME, __doc__)
+    add_protocol_argument(parser)
     parser.add_argument(
         "--rows", type=int, default=None, help="synthetic cohort size (default 3000, quick 600)"
     )
@@ -101,56 +87,42 @@ def _rows(run):
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    out = output_dir(args, NAME)
+    out = report.output_dir(args, NAME)
     progress = not args.no_progress
     t0 = time.perf_counter()
     linear = ModelConfig("linear", "sum")
 
     # -- part 1: GSE7390 --------------------------------------------------------------------
     gse = load_gse7390(seed=args.seed)
-    console.print(f"[bold]{NAME}[/] part 1: {gse.source}")
-    gse_config = TrainConfig(
-        Task("binary"),
-        linear,
-        epochs=6 if args.quick else 20,
-        batch_size=64,
-        learning_rate=0.05,
-        optimizer="momentum",
-        seed=args.seed,
-        test_fraction=0.35,
-        protocol=args.protocol,
-    )
-    gse_run = run_vertical_comparison(gse.tables, gse.active, gse_config, progress=progress)
-    print_table(
-        f"GSE7390 held-out ({gse_run.trainer.n_test} patients)",
-        RESULT_COLUMNS,
-        _rows(gse_run),
-    )
+    report.console.print(f"[bold]{NAME}[/] part 1: {gse.source}")
+    def part(title, dataset, epochs, batch_size, learning_rate, optimizer, test_fraction):
+        config = TrainConfig(
+            Task("binary"),
+            linear,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            optimizer=optimizer,
+            seed=args.seed,
+            test_fraction=test_fraction,
+            protocol=args.protocol,
+        )
+        run = run_vertical_comparison(dataset.tables, dataset.active, config, progress=progress)
+        report.print_table(f"{title} held-out ({run.trainer.n_test} patients)", RESULT_COLUMNS,
+                    _rows(run))
+        return config, run
+
+    gse_config, gse_run = part("GSE7390", gse, 6 if args.quick else 20, 64, 0.05, "momentum",
+                               0.35)
 
     # -- part 2: synthetic multi-omics --------------------------------------------------------
     n = args.rows or (600 if args.quick else 3000)
     syn = make_multiomics(n=n, seed=args.seed)
-    console.print(
+    report.console.print(
         f"[bold]{NAME}[/] part 2: synthetic, {n} patients, parties {syn.parties}, "
         f"signal in {list(syn.signal_blocks)}"
     )
-    syn_config = TrainConfig(
-        Task("binary"),
-        linear,
-        epochs=2 if args.quick else 8,
-        batch_size=128,
-        learning_rate=0.1,
-        optimizer="sgd",
-        seed=args.seed,
-        test_fraction=0.3,
-        protocol=args.protocol,
-    )
-    syn_run = run_vertical_comparison(syn.tables, syn.active, syn_config, progress=progress)
-    print_table(
-        f"synthetic held-out ({syn_run.trainer.n_test} patients)",
-        RESULT_COLUMNS,
-        _rows(syn_run),
-    )
+    syn_config, syn_run = part("synthetic", syn, 2 if args.quick else 8, 128, 0.1, "sgd", 0.3)
     ids = syn_run.federation.parties[syn.active].aligned_ids
     block_auc = _block_aucs(syn, syn_config, ids, progress)
     base_auc = syn_run.results["local_only"].metrics["auc"]
@@ -165,9 +137,9 @@ def main(argv=None) -> dict:
         "AUC hospital + block",
         "gain over hospital",
     ]
-    print_table("synthetic: which omics blocks carry signal", block_columns, block_rows)
+    report.print_table("synthetic: which omics blocks carry signal", block_columns, block_rows)
     for title, run in (("GSE7390", gse_run), ("synthetic", syn_run)):
-        print_table(f"{title}: what a curious party learns", AUDIT_COLUMNS, audit_rows(run))
+        report.print_table(f"{title}: what a curious party learns", AUDIT_COLUMNS, audit_rows(run))
     seconds = time.perf_counter() - t0
 
     result = {
@@ -190,31 +162,31 @@ def main(argv=None) -> dict:
             "block_auc": block_auc,
         },
     }
-    plot_roc(
+    report.plot_roc(
         {LABELS[k]: r.roc() for k, r in gse_run.results.items()},
         out / "roc_gse7390.png",
         "GSE7390: held-out ROC",
     )
-    plot_roc(
+    report.plot_roc(
         {LABELS[k]: r.roc() for k, r in syn_run.results.items()},
         out / "roc_synthetic.png",
         "synthetic multi-omics: held-out ROC",
     )
-    plot_training(
+    report.plot_training(
         {f"GSE7390 {LABELS[k]}": r.history.epoch_metrics for k, r in gse_run.results.items()}
         | {f"synthetic {LABELS[k]}": r.history.epoch_metrics for k, r in syn_run.results.items()},
         out / "training.png",
         "auc",
         "training curves",
     )
-    plot_bars(
+    report.plot_bars(
         {p: {"hospital + block": block_auc[p], "hospital only": base_auc} for p in syn.parties[1:]},
         out / "block_auc.png",
         "held-out AUC",
         "synthetic: signal in " + ", ".join(syn.signal_blocks),
     )
 
-    report = f"""# Multi-omics vertical learning
+    text = f"""# Multi-omics vertical learning
 
 ## GSE7390: clinical + transcriptomics
 
@@ -224,7 +196,7 @@ PSI aligned **{gse_run.aligned_rows}** patients; {gse_run.trainer.n_train} train
 {gse_run.trainer.n_test} held out. Protocol `{gse_config.protocol}`, linear source layers,
 {gse_config.epochs} epochs, momentum lr {gse_config.learning_rate}.
 
-{markdown_table(RESULT_COLUMNS, _rows(gse_run))}
+{report.markdown_table(RESULT_COLUMNS, _rows(gse_run))}
 With fewer than 70 held-out patients these AUCs have a standard error of several points.
 
 ![ROC GSE7390](roc_gse7390.png)
@@ -236,10 +208,10 @@ With fewer than 70 held-out patients these AUCs have a standard error of several
 {n} patients, PSI aligned **{syn_run.aligned_rows}**; signal blocks:
 {", ".join(syn.signal_blocks)}.
 
-{markdown_table(RESULT_COLUMNS, _rows(syn_run))}
+{report.markdown_table(RESULT_COLUMNS, _rows(syn_run))}
 Which blocks carry signal: the hospital's columns plus one block at a time.
 
-{markdown_table(block_columns, block_rows)}
+{report.markdown_table(block_columns, block_rows)}
 ![ROC synthetic](roc_synthetic.png)
 
 ![blocks](block_auc.png)
@@ -254,16 +226,16 @@ which the hospital recovers each lab's Gram matrix from the embeddings it decryp
 
 GSE7390:
 
-{markdown_table(AUDIT_COLUMNS, audit_rows(gse_run))}
+{report.markdown_table(AUDIT_COLUMNS, audit_rows(gse_run))}
 Synthetic:
 
-{markdown_table(AUDIT_COLUMNS, audit_rows(syn_run))}
+{report.markdown_table(AUDIT_COLUMNS, audit_rows(syn_run))}
 ## What each party saw (GSE7390 run)
 
-{markdown_table(SAW_COLUMNS, saw_rows(gse_run))}"""
-    (out / "report.md").write_text(report)
-    write_json(result, out / "result.json", args.json)
-    console.print(f"wrote {out}/report.md and plots; {seconds:.1f} s")
+{report.markdown_table(SAW_COLUMNS, saw_rows(gse_run))}"""
+    (out / "report.md").write_text(text)
+    report.write_json(result, out / "result.json", args.json)
+    report.console.print(f"wrote {out}/report.md and plots; {seconds:.1f} s")
     return result
 
 

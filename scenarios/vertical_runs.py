@@ -319,3 +319,16 @@ def _short_kinds(kinds: list[str]) -> list[str]:
 SAW_COMPACT_COLUMNS = ["receiver", "label", "label-dep.", "kinds", "messages", "bytes"]
 
 SAW_COLUMNS = ["receiver", "from", "kind", "label", "label-dependent", "messages", "bytes"]
+
+
+PROTOCOLS = ["paillier", "paillier-masked-gradient", "plain"]
+
+
+def add_protocol_argument(parser, note: str = "") -> None:
+    """The ``--protocol`` option every vertical scenario takes."""
+    parser.add_argument(
+        "--protocol",
+        default="paillier",
+        choices=PROTOCOLS,
+        help="vertical protocol (default: paillier, the federated source layer" + note + ")",
+    )

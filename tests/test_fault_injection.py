@@ -27,8 +27,8 @@ import pytest
 
 from tests.test_run_hardening import late_patients, small_spec
 from tests.unlearning_helpers import copy_run
-from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
+from unlearning.service import ErasureRequest, ErasureService
 from vfl.core import fileio
 from vfl.core.fileio import SimulatedKill
 
@@ -287,7 +287,7 @@ def test_kill_at_every_write_point_of_a_client_removal(tmp_path_factory, tmp_pat
 
     from horizontal import FedConfig
     from tests.unlearning_helpers import train_horizontal
-    from unlearning.requests import ClientRemovalRequest
+    from unlearning.service import ClientRemovalRequest
 
     config = FedConfig(hidden=(4,), rounds=6, local_epochs=1, batch_size=16, client_lr=0.1,
                        seed=3)

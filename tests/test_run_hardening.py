@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from scenarios.cli import main
 from unlearning.audit_log import GENESIS, AuditLog, _canonical
 from unlearning.errors import ErasureInterrupted, RunDirError
-from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
+from unlearning.service import ErasureRequest, ErasureService
 from unlearning.store import sha256
 from vfl.core.tasks import Task
 from vfl.vertical.config import TrainConfig
@@ -482,7 +482,7 @@ def test_a_run_written_before_signed_logs_still_serves(run):
 def test_unknown_receiving_party_is_refused(run):
     """Before: ``--party`` was recorded whatever it named."""
     from unlearning.errors import UnknownPartyNameError
-    from unlearning.requests import ErasureRequest, ErasureService
+    from unlearning.service import ErasureRequest, ErasureService
 
     pid = sorted(run.adapter().split_ids()["train"])[0]
     log = run.path / "audit.jsonl"

@@ -283,8 +283,8 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run():
 
 
 def test_exact_erasure_equals_retrain_under_paillier(tmp_path):
-    from unlearning.requests import ErasureRequest, ErasureService
     from unlearning.run import train_run
+    from unlearning.service import ErasureRequest, ErasureService
 
     config = dataclasses.replace(BASE, epochs=2, batch_size=32)
     spec = {"mode": "vertical", "config": config.to_json(), "retention": {"every": 1},

@@ -14,8 +14,8 @@ from unlearning.errors import (
     UnknownPatientError,
 )
 from unlearning.lineage import Lineage
-from unlearning.requests import STEPS, ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
+from unlearning.service import STEPS, ErasureRequest, ErasureService
 from unlearning.store import Checkpoint, CheckpointStore, Retention
 from unlearning.verification import max_param_diff
 from vfl.core.tasks import Task

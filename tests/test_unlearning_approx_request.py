@@ -19,14 +19,14 @@ from unlearning import certificate as certs
 from unlearning.audit_log import AuditLog
 from unlearning.errors import ErasureInterrupted, MethodUnavailableError
 from unlearning.methods.sisa import sisa_spec
-from unlearning.requests import (
+from unlearning.run import RunDir, train_run
+from unlearning.service import (
     STEPS,
     ClientRemovalRequest,
     ErasureRequest,
     ErasureService,
     UnknownClientError,
 )
-from unlearning.run import RunDir, train_run
 
 CONFIG = FedConfig(hidden=(4,), rounds=6, local_epochs=1, batch_size=16, client_lr=0.1,
                    seed=3)

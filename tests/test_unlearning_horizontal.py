@@ -7,8 +7,8 @@ import pytest
 from horizontal import FedConfig
 from horizontal.checkpointing import HorizontalAdapter
 from tests.unlearning_helpers import load_final, train_horizontal
-from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir
+from unlearning.service import ErasureRequest, ErasureService
 from unlearning.verification import max_param_diff
 
 CONFIG = FedConfig(hidden=(4,), rounds=4, local_epochs=1, batch_size=16, client_lr=0.1,

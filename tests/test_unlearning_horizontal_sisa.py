@@ -13,8 +13,8 @@ from horizontal.checkpointing import HorizontalAdapter, horizontal_spec
 from tests.unlearning_helpers import copy_run, load_final
 from unlearning.errors import MethodUnavailableError
 from unlearning.methods.sisa import sisa_spec
-from unlearning.requests import ErasureRequest, ErasureService
 from unlearning.run import RunDir, train_run
+from unlearning.service import ErasureRequest, ErasureService
 from unlearning.verification import heldout_figures, max_param_diff
 from vfl.core.keyed import SlicePlan, shard_of
 

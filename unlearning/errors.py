@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-# The two errors a trainer adapter raises live with the round contract in vfl.core.
-from vfl.core.errors import MethodUnavailableError, RunDirError, UnlearningError
+# The errors a trainer adapter raises live with the round contract in vfl.core.
+from vfl.core.errors import (
+    MethodUnavailableError,
+    RunDirError,
+    UnknownClientError,
+    UnlearningError,
+)
 
 
 class CheckpointMissingError(UnlearningError):
@@ -61,6 +66,7 @@ __all__ = [
     "RunInconsistentError",
     "RunLockedError",
     "ShadowAttackError",
+    "UnknownClientError",
     "UnknownPartyNameError",
     "UnknownPatientError",
     "UnlearningError",

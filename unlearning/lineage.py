@@ -15,21 +15,18 @@ that used it; "what did P influence" is the set of descendants of P's contributi
 (every later round of that model descends from the first through the round chain, so an
 edge to each of them would add nothing to the query). Every round that used the
 contribution, the first included, is kept on the node as ``uses`` (``{model: [round, ...]}``
-ascending; :meth:`Lineage.directly_used`). The parties of one patient that were used in
-the same rounds (every party of a vertical federation) share one list per model, so a round
-is recorded once per patient rather than once per party.
+ascending; :meth:`Lineage.directly_used`). Each contribution owns its ``uses``: no dict or
+list of it is shared with another node or another graph (:class:`LineageGraph`).
 
 Cost. An edge per use would grow with parties x patients x epochs (hundreds of thousands
-of edges for a small run at 64 epochs), and every erasure copies the graph (the staged
-lineage), saves it. With first-use edges the graph has
-about one edge per contribution and model, and the uses are plain integer lists. The graph
-is a :class:`LineageGraph` (a ``networkx.DiGraph`` whose ``copy`` copies the adjacency dicts
-directly, and the ``uses`` lists, instead of re-adding every edge), saved in a compact
+of edges for a small run at 64 epochs), and every erasure saves the graph. With first-use
+edges the graph has about one edge per contribution and model, and the uses are plain
+integer lists, appended to in one tight loop per round. The graph is saved in a compact
 indexed JSON form (``vfl-lineage/2``: node list, successor indices and each distinct
-``uses`` list once; older ``node_link`` files with an edge per use still load and are
-converted), and these bulk builds run with the cyclic garbage collector paused: they
-allocate many acyclic containers, which otherwise trigger full collections of the whole
-(JAX-sized) heap.
+``uses`` list once); a file of any other format (the older ``node_link`` files with an
+edge per use) is refused with :class:`~unlearning.errors.RunDirError`: retrain the run.
+Bulk builds run with the cyclic garbage collector paused: they allocate many acyclic
+containers, which otherwise trigger full collections of the whole (JAX-sized) heap.
 """
 
 from __future__ import annotations
@@ -42,7 +39,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from unlearning.store import atomic_write
+from unlearning.errors import RunDirError
+from vfl.core.fileio import atomic_write
 
 LINEAGE_FORMAT = "vfl-lineage/2"
 
@@ -59,60 +57,62 @@ def gc_paused():
             gc.enable()
 
 
-def _copy_attrs(d: dict) -> dict:
-    out = d.copy()
-    uses = out.get("uses")
-    if uses is not None:  # owned by the graph and appended to: never shared between copies
-        out["uses"] = {m: list(r) for m, r in uses.items()}
-    return out
-
-
 class LineageGraph(nx.DiGraph):
-    """A ``DiGraph`` with a structural :meth:`copy`: the same graph (nodes, edges, node,
-    edge and graph attributes copied one level deep, like ``DiGraph.copy``, plus each
-    contribution's ``uses`` lists) built by copying the adjacency dicts, without
-    ``add_edges_from``'s per-edge bookkeeping."""
+    """The lineage's graph: a ``DiGraph`` whose contributions own their ``uses``.
 
-    def copy(self, as_view: bool = False):
-        if as_view:
-            return super().copy(as_view=True)
-        h = self.__class__()
+    Invariant: every ``uses`` dict, and every round list in it, belongs to one node of one
+    graph; no other node, and no copy of the graph, holds the same object. :class:`Lineage`
+    appends to these lists in place (a party's round is recorded on its own contribution
+    only), so ``DiGraph.copy``, which copies node attributes one level deep, would leave a
+    copy and its original appending to the same lists. :meth:`copy` and :meth:`of` copy
+    them too, and build the copy from the adjacency dicts directly, without
+    ``add_edges_from``'s per-edge bookkeeping (nodes, edges, node, edge and graph
+    attributes otherwise copied one level deep, like ``DiGraph.copy``)."""
+
+    @classmethod
+    def of(cls, graph: nx.DiGraph) -> LineageGraph:
+        """A :class:`LineageGraph` with ``graph``'s nodes, edges and attributes (copied)."""
+        h = cls()
         with gc_paused():
             h.graph.update(
-                {k: (list(v) if isinstance(v, list) else v) for k, v in self.graph.items()}
+                {k: (list(v) if isinstance(v, list) else v) for k, v in graph.graph.items()}
             )
-            h._node.update({n: _copy_attrs(d) for n, d in self._node.items()})
+            h._node.update({n: _copy_attrs(d) for n, d in graph._node.items()})
             succ, pred = h._succ, h._pred
-            for v in self._pred:
+            for v in graph._pred:
                 pred[v] = {}
-            for u, nbrs in self._succ.items():
+            for u, nbrs in graph._succ.items():
                 out = succ[u] = {}
                 for v, dd in nbrs.items():
                     out[v] = pred[v][u] = dd.copy() if dd else {}
         return h
 
+    def copy(self, as_view: bool = False):
+        if as_view:
+            return super().copy(as_view=True)
+        return self.of(self)
 
-def _same_rows(ids_used: dict) -> list[tuple[object, list[str]]]:
-    """Group parties whose ids in a round are the same (every party of a vertical
-    federation): ``[(ids, [party, ...]), ...]``."""
-    groups: list[tuple[object, list[str]]] = []
+
+def _copy_attrs(d: dict) -> dict:
+    out = d.copy()
+    uses = out.get("uses")
+    if uses is not None:
+        out["uses"] = {m: list(r) for m, r in uses.items()}
+    return out
+
+
+def _same_rows(ids_used: dict[str, tuple]) -> list[tuple[tuple, list[str]]]:
+    """Group the parties that used the same ids in a round (every party of a vertical
+    federation), in order of first appearance: ``[(ids, [party, ...]), ...]``."""
+    groups: list[tuple[tuple, list[str]]] = []
     for party, ids in ids_used.items():
         for seen, members in groups:
-            if seen is ids or (len(seen) == len(ids) and all(
-                    a == b for a, b in zip(seen, ids, strict=True))):
+            if seen == ids:
                 members.append(party)
                 break
         else:
             groups.append((ids, [party]))
     return groups
-
-
-def _as_lineage_graph(graph: nx.DiGraph | None) -> nx.DiGraph:
-    if graph is None:
-        return LineageGraph()
-    if type(graph) is nx.DiGraph:
-        graph.__class__ = LineageGraph  # same data; its copies then own their ``uses``
-    return graph
 
 
 def contrib(party: str, pid: str) -> str:
@@ -124,16 +124,18 @@ def round_node(model: str, r: int) -> str:
 
 
 class Lineage:
-    """The lineage graph ``g`` and its queries. :meth:`add_round` adds the round node at
-    once and records the round's rows in bulk later (before anything reads ``g``: the
-    per-row work then runs in one tight loop instead of between training rounds)."""
+    """The lineage graph ``g`` (a :class:`LineageGraph`) and its queries. :meth:`add_round`
+    adds the round node at once and records the round's rows in bulk later (before anything
+    reads ``g``: the per-row work then runs in one tight loop instead of between training
+    rounds). A ``graph`` given that is not a :class:`LineageGraph` is copied into one."""
 
     def __init__(self, graph: nx.DiGraph | None = None):
-        self._rows: list[tuple[str, int, str, dict]] = []  # rounds whose rows are pending
-        self._g = _as_lineage_graph(graph)
+        # rounds whose rows are not recorded yet: (model, round, its node, {party: ids})
+        self._rows: list[tuple[str, int, str, dict[str, tuple]]] = []
+        self._g = _lineage_graph(graph)
 
     @property
-    def g(self) -> nx.DiGraph:
+    def g(self) -> LineageGraph:
         if self._rows:
             self._record_rows()
         return self._g
@@ -142,7 +144,7 @@ class Lineage:
     def g(self, graph: nx.DiGraph) -> None:
         if self._rows:
             self._record_rows()
-        self._g = _as_lineage_graph(graph)
+        self._g = _lineage_graph(graph)
 
     # -- building --------------------------------------------------------------------------
     def _contrib(self, party: str, pid: str) -> str:
@@ -184,13 +186,13 @@ class Lineage:
     def add_round(self, model: str, r: int, ids_used: dict[str, tuple[str, ...]]) -> None:
         """Round ``r`` of ``model`` used these rows: a ``uses`` entry on each contribution,
         and an edge from it to this round when it is the first round of ``model`` it used
-        (recorded before ``g`` is next read)."""
+        (recorded before ``g`` is next read, from a snapshot of ``ids_used`` taken now)."""
         node = round_node(model, r)
         g = self._g
         g.add_node(node, kind="round", model=model, round=r)
         g.add_edge(f"s|{model}" if r == 0 else round_node(model, r - 1), node)
         if ids_used:
-            self._rows.append((model, r, node, ids_used))
+            self._rows.append((model, r, node, {p: tuple(ids) for p, ids in ids_used.items()}))
 
     def _record_rows(self) -> None:
         rows, self._rows = self._rows, []
@@ -201,72 +203,42 @@ class Lineage:
         self._touched()
 
     def _record_use(self, model: str, r: int, node: str, ids, parties: list[str]) -> None:
-        """Round ``r`` used row ``pid`` at every party in ``parties`` (parties that used the
-        same ids in this round: all of them in a vertical federation). The first party's
-        contribution is updated; the others' share its ``uses`` list for ``model`` (they were
-        used in exactly the same rounds), so for them only the first-use edge is added."""
-        g = self._g
-        nodes = g._node
-        lead, rest = parties[0], parties[1:]
-        others = [p for p in g.graph.get("parties", ()) if p not in parties]
-        for pid in ids:
-            if others:  # a party outside this group must not see these uses: unshare
-                self._unshare(pid, model, others)
-            rounds, first = self._use(lead, pid, model, r, node)
-            for party in rest:
-                a = nodes.get(f"d|{party}|{pid}")
-                uses = None if a is None else a.get("uses")
-                mine = None if uses is None else uses.get(model)
-                if mine is rounds and rounds is not None:
-                    if first:
-                        self._link(f"d|{party}|{pid}", node)
-                elif first and not mine and rounds is not None:
-                    if a is None:
-                        self._contrib(party, pid)
-                        a = nodes[f"d|{party}|{pid}"]
-                    if uses is None:
-                        uses = a["uses"] = {}
-                    uses[model] = rounds  # shared from now on (see drop_model_from)
-                    self._link(f"d|{party}|{pid}", node)
-                else:
-                    self._use(party, pid, model, r, node)
-
-    def _unshare(self, pid, model: str, parties: list[str]) -> None:
+        """Round ``r`` of ``model`` (node ``node``) used rows ``ids`` at every party in
+        ``parties``: ``r`` joins each contribution's own ``uses[model]``, with an edge to
+        ``node`` when it is the contribution's first round of ``model``. Row by row, then
+        party by party: contributions first seen here are added in that order."""
         nodes = self._g._node
-        for party in parties:
-            a = nodes.get(f"d|{party}|{pid}")
-            uses = None if a is None else a.get("uses")
-            if uses and model in uses:
-                uses[model] = list(uses[model])
+        for pid in ids:
+            for party in parties:
+                c = f"d|{party}|{pid}"
+                try:
+                    rounds = nodes[c]["uses"][model]
+                except KeyError:
+                    rounds = None
+                if rounds and r > rounds[-1]:  # every use but the first, in a fit
+                    rounds.append(r)
+                else:
+                    self._other_use(model, r, node, party, pid, rounds)
 
-    def _use(self, party: str, pid, model: str, r: int, node: str) -> tuple[list | None, bool]:
-        """Record one use; returns the contribution's round list (None after an out-of-order
-        insertion, which is never shared) and whether ``r`` is its first use of ``model``."""
+    def _other_use(self, model: str, r: int, node: str, party: str, pid, rounds) -> None:
+        """A first use (``rounds`` None or empty: a new list and the first-use edge), a
+        repeated one (nothing to do) or one out of order (a fit never does this)."""
         g = self._g
         c = f"d|{party}|{pid}"
-        a = g._node.get(c)
-        if a is None:
-            self._contrib(party, pid)
-            a = g._node[c]
-        uses = a.get("uses")
-        if uses is None:
-            uses = a["uses"] = {}
-        rounds = uses.get(model)
         if not rounds:
-            rounds = uses[model] = [r]
+            a = g._node.get(c)
+            if a is None:
+                self._contrib(party, pid)
+                a = g._node[c]
+            a.setdefault("uses", {})[model] = [r]
             self._link(c, node)
-            return rounds, True
-        if r > rounds[-1]:
-            rounds.append(r)
-            return rounds, False
-        if r not in rounds:  # out of order (a fit never does this)
+        elif r not in rounds:
             bisect.insort(rounds, r)
             if rounds[0] == r:
                 first = round_node(model, rounds[1])
                 if first in g._succ[c]:
                     g.remove_edge(c, first)
                 self._link(c, node)
-        return None, False
 
     def add_checkpoint(self, model: str, r: int, digest: str) -> None:
         node = f"c|{model}|{r}"
@@ -325,14 +297,20 @@ class Lineage:
         return sorted(self.g.nodes[n]["party"] for n in self.contributions(pid))
 
     def influenced(self, pids) -> dict:
-        """Which setups, rounds, checkpoints and published models the patients influenced."""
+        """Which setups, rounds, checkpoints and published models the patients influenced:
+        the descendants of their contributions (one traversal from all of them)."""
+        g = self.g
+        succ, nodes = g._succ, g._node
         seen: set[str] = set()
-        for pid in pids:
-            for node in self.contributions(pid):
-                seen |= nx.descendants(self.g, node)
+        todo = [c for pid in pids for c in self.contributions(pid)]
+        while todo:
+            for v in succ[todo.pop()]:
+                if v not in seen:
+                    seen.add(v)
+                    todo.append(v)
         out = {"setup": [], "rounds": {}, "checkpoints": {}, "models": []}
         for n in seen:
-            a = self.g.nodes[n]
+            a = nodes[n]
             kind = a.get("kind")
             if kind == "setup":
                 out["setup"].append(a["model"])
@@ -387,29 +365,39 @@ class Lineage:
         """``{"format", "graph", "nodes": [[name, attrs], ...], "succ": [[j, ...], ...],
         "uses": [[round, ...], ...], "edge_attrs": [...]}``: ``succ[i]`` lists the indices of
         node ``i``'s successors; a contribution's ``uses`` are stored as ``{model: k}``, the
-        index of its round list in ``uses`` (lists are shared: in a vertical federation
-        every party's row of a patient is used in the same rounds); ``edge_attrs`` holds
-        ``[i, j, attrs]`` for the (rare) edges that carry attributes."""
+        index of its round list in ``uses``, which holds each distinct list once (in a
+        vertical federation every party's row of a patient is used in the same rounds);
+        ``edge_attrs`` holds ``[i, j, attrs]`` for the (rare) edges that carry attributes.
+        The result refers to the graph's own attribute values: serialise it before the
+        lineage changes."""
         g = self.g
         index = {n: i for i, n in enumerate(g._node)}
         succ, edge_attrs, nodes = [], [], []
         table: list[list[int]] = []
         known: dict[tuple[int, ...], int] = {}
-        by_object: dict[int, int] = {}  # id() of lists alive for the whole call
+        # per patient and model, the last list stored and its index: a patient's other
+        # parties mostly have an equal list, found by comparing instead of hashing a tuple
+        last: dict[tuple[str, str], tuple[list[int], int]] = {}
         for n, a in g._node.items():
             nbrs = g._succ[n]
             succ.append([index[v] for v in nbrs])
-            edge_attrs += [[index[n], index[v], d] for v, d in nbrs.items() if d]
+            for v, d in nbrs.items():
+                if d:
+                    edge_attrs.append([index[n], index[v], d])
             uses = a.get("uses")
             if uses is not None:
                 refs = {}
+                pid = a.get("pid")
                 for model, rounds in uses.items():
-                    k = by_object.get(id(rounds))  # a list shared by a patient's parties
-                    if k is None:
-                        k = by_object[id(rounds)] = known.setdefault(tuple(rounds), len(table))
-                        if k == len(table):
-                            table.append(rounds)
-                    refs[model] = k
+                    key = pid, model
+                    seen = last.get(key)
+                    if seen is not None and seen[0] == rounds:
+                        refs[model] = seen[1]
+                        continue
+                    k = refs[model] = known.setdefault(tuple(rounds), len(table))
+                    if k == len(table):
+                        table.append(rounds)
+                    last[key] = rounds, k
                 a = {**a, "uses": refs}
             nodes.append([n, a])
         return {
@@ -422,26 +410,26 @@ class Lineage:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> Lineage:
-        if data.get("format") != LINEAGE_FORMAT:  # an older node_link file
-            g = nx.node_link_graph(data, directed=True, edges="edges")
-            h = LineageGraph()
-            h.graph.update(g.graph)
-            h.add_nodes_from(g.nodes(data=True))
-            h.add_edges_from(g.edges(data=True))
-            return cls(_first_use_edges(h))
+    def from_json(cls, data: dict, *, source: str = "the lineage data") -> Lineage:
+        """The lineage :meth:`to_json` wrote; anything else (an older ``node_link`` graph
+        with an edge per use included) is refused with :class:`RunDirError`."""
+        fmt = data.get("format") if isinstance(data, dict) else None
+        if fmt != LINEAGE_FORMAT:
+            raise RunDirError(
+                f"{source} is not a {LINEAGE_FORMAT!r} lineage graph (format {fmt!r}; a file "
+                "without one is an older node_link graph with an edge per use, which is no "
+                "longer read). Retrain the run into a new run directory (python -m "
+                "scenarios.erasure_request --out DIR, or unlearning.run.train_run)"
+            )
         g = LineageGraph()
         with gc_paused():
             g.graph.update(data.get("graph") or {})
             table = data.get("uses") or []
             names = []
-            shared: dict[tuple, list] = {}
             for n, a in data["nodes"]:
                 refs = a.get("uses")
-                if refs is not None:  # one list per patient and model, shared by its parties
-                    pid = a.get("pid")
-                    a["uses"] = {m: shared.setdefault((pid, m, k), list(table[k]))
-                                 for m, k in refs.items()}
+                if refs is not None:  # each contribution gets its own lists
+                    a["uses"] = {m: list(table[k]) for m, k in refs.items()}
                 g._node[n] = a
                 names.append(n)
             succ, pred = g._succ, g._pred
@@ -469,25 +457,10 @@ class Lineage:
             return cls()
         with gc_paused():
             data = json.loads(path.read_text())
-        return cls.from_json(data)
+        return cls.from_json(data, source=str(path))
 
 
-def _first_use_edges(g: LineageGraph) -> LineageGraph:
-    """Convert a graph with an edge per use (older files) to first-use edges plus ``uses``."""
-    for c, a in g._node.items():
-        if a.get("kind") != "contribution":
-            continue
-        used: dict[str, list[tuple[int, str]]] = {}
-        for v in g._succ[c]:
-            b = g._node[v]
-            if b.get("kind") == "round":
-                used.setdefault(b["model"], []).append((b["round"], v))
-        if not used:
-            continue
-        uses = a.setdefault("uses", {})
-        for model, rounds in used.items():
-            rounds.sort()
-            uses[model] = sorted(set(uses.get(model, ())) | {r for r, _ in rounds})
-            for _, v in rounds[1:]:
-                g.remove_edge(c, v)
-    return g
+def _lineage_graph(graph: nx.DiGraph | None) -> LineageGraph:
+    if graph is None:
+        return LineageGraph()
+    return graph if isinstance(graph, LineageGraph) else LineageGraph.of(graph)

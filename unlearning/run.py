@@ -108,6 +108,9 @@ class RunDir:
         return json.loads(p.read_text()) if p.exists() else {}
 
     def record_erased(self, pids, request_id: str) -> None:
+        """Add ``pids`` to the deletion registry (after their holders deleted the rows):
+        the adapters rebuild every party from its full table and have it delete the
+        registry's ids itself, so the rows stay deleted in every later federation."""
         self._require_lock()
         erased = self.erased()
         for pid in pids:
@@ -135,7 +138,7 @@ class RunDir:
 
         Adapters that declare themselves ``cacheable`` (immutable once built) are kept per
         erased set and training manifest, so the steps of one request, and the next
-        request, share one instead of re-filtering every party's table. Adapters with a
+        request, share one instead of rebuilding it. Adapters with a
         ``pool`` attribute get this run directory's pool of set-up trainers
         (:class:`vfl.vertical.checkpointing.TrainerPool`): trainers built through this
         ``RunDir`` are reused by later requests served through it, never by another
@@ -454,20 +457,20 @@ def train_run(path: str | Path, spec: dict, *, progress: bool = False) -> RunDir
 
 
 def _train_run(path: Path, spec: dict, progress: bool) -> RunDir:
-    from vfl.vertical.checkpointing import load_tables
-
     if (path / "run.json").exists():
         raise RunDirError(f"{path} already holds a run; choose an empty --out folder")
     spec = {"format": RUN_FORMAT, **spec}
     t0 = time.perf_counter()
     if "aligned" not in spec:
-        # Private set intersection once; each party stores its own result.
-        from vfl.vertical.federation import Federation
-
-        tables, active = load_tables(spec["dataset"])
-        fed = Federation.from_tables(tables, active)
-        fed.align(progress=progress)
-        aligned = [str(i) for i in fed.parties[active].aligned_ids]
+        # The adapter aligns the parties once (vertical: private set intersection; each
+        # party stores its own result).
+        align = getattr(adapter_class(spec), "align", None)
+        if align is None:
+            raise RunDirError(
+                f"the run manifest gives no 'aligned' ids and its adapter "
+                f"{adapter_name(spec)!r} cannot align the parties' ids; add 'aligned'"
+            )
+        aligned = [str(i) for i in align(spec, progress=progress)]
     else:
         aligned = list(spec.pop("aligned"))
     atomic_write(path / "aligned.json", json.dumps(aligned))

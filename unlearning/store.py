@@ -1,4 +1,4 @@
-"""Content-addressed checkpoint store (DESIGN section 6).
+"""Content-addressed checkpoint store for the round contract of :mod:`vfl.core.rounds`.
 
 Layout under ``root`` (``RUN_DIR/store``)::
 
@@ -9,7 +9,8 @@ Blobs are ``flax.serialization.msgpack_serialize`` bytes (never pickle) of a sta
 nested dicts/lists of numpy arrays, numbers and strings. Every write is atomic (temporary
 file, fsync, rename) and the index is written only after the blobs it names, so a crash
 never leaves a half checkpoint: at worst an unreferenced blob, which :meth:`gc` removes.
-Reading a blob checks its hash (:class:`CheckpointCorruptedError`).
+Reading a blob checks its hash (:class:`CheckpointCorruptedError`); an index of another
+format than ``vfl-checkpoint-index/1`` is refused (:class:`RunDirError`: retrain the run).
 
 The store is trainer-agnostic: a trainer (vertical or horizontal) hands it a
 :class:`Checkpoint` (model name, round, per-party state trees, per-party ids used).
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from flax import serialization
 
-from unlearning.errors import CheckpointCorruptedError, CheckpointMissingError
+from unlearning.errors import CheckpointCorruptedError, CheckpointMissingError, RunDirError
 from vfl.core import fileio
 from vfl.core.fileio import atomic_write  # noqa: F401  (re-exported for unlearning modules)
 from vfl.core.rounds import Checkpoint
@@ -166,7 +167,16 @@ class CheckpointStore:
     def _read_index(self) -> dict:
         if not self.index_path.exists():
             return {"format": INDEX_FORMAT, "models": {}}
-        return json.loads(self.index_path.read_text())
+        index = json.loads(self.index_path.read_text())
+        fmt = index.get("format") if isinstance(index, dict) else None
+        if fmt != INDEX_FORMAT:
+            raise RunDirError(
+                f"{self.index_path} is not a {INDEX_FORMAT!r} checkpoint index (format "
+                f"{fmt!r}); this version reads no other. Retrain the run into a new run "
+                "directory (python -m scenarios.erasure_request --out DIR, or "
+                "unlearning.run.train_run)"
+            )
+        return index
 
     def flush(self, index: dict | None = None) -> str:
         """Atomically replace index.json (``index`` or the current one); returns its hash.

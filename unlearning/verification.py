@@ -20,7 +20,6 @@ import numpy as np
 
 from unlearning.store import CheckpointStore
 from vfl.core.metrics import auc
-from vfl.vertical.source_layer import plaintext_view
 
 EPS = 1e-7
 
@@ -60,11 +59,17 @@ def flatten_state(tree) -> list[np.ndarray]:
     return out
 
 
+def comparable(adapter, states: dict[str, dict]) -> dict[str, dict]:
+    """``states`` as two runs must agree on them: the adapter's ``comparable_state`` (the
+    vertical adapter decrypts encrypted source layers; the ciphertexts, random shares and
+    keys of two runs differ, the model does not)."""
+    view = getattr(adapter, "comparable_state", None)
+    return states if view is None else view(states)
+
+
 def max_param_diff(a: dict[str, dict], b: dict[str, dict]) -> float:
-    """Max |a - b| over every party's parameters and optimizer state. Encrypted source
-    layers (``paillier``) are compared on decrypted values: the ciphertexts, random shares
-    and keys of two runs differ, the model does not."""
-    a, b = plaintext_view(a), plaintext_view(b)
+    """Max |a - b| over every party's parameters and optimizer state (pass states through
+    :func:`comparable` first when they may hold encrypted values)."""
     worst = 0.0
     for party in a:
         la = flatten_state({"p": a[party]["params"], "o": a[party]["opt_state"]})
@@ -172,7 +177,8 @@ def figures(adapter, trainers: dict, erased: list[str], *, seed: int = 0,
     }
     if retrain is not None:
         rt = retrain["trainers"]
-        diffs = [max_param_diff(adapter.final_state(trainers[m]), adapter.final_state(rt[m]))
+        diffs = [max_param_diff(comparable(adapter, adapter.final_state(trainers[m])),
+                                comparable(adapter, adapter.final_state(rt[m])))
                  for m in rt]
         s_rt = adapter.scores(rt, test)
         p_u = sc["test"].reshape(len(test), -1)[:, -1]

@@ -166,3 +166,7 @@ class RunDirError(UnlearningError):
 
 class MethodUnavailableError(UnlearningError):
     """The requested unlearning method does not apply to this run."""
+
+
+class UnknownClientError(UnlearningError):
+    """The client named by a removal request is not (or no longer) in the run."""

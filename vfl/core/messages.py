@@ -1,7 +1,7 @@
 """Typed messages: the only thing that crosses a party boundary.
 
 A message has a sender, a receiver, a kind, a round and a payload, and a label that says
-what the payload is *to its receiver* (DESIGN section 2):
+what the payload is *to its receiver* (docs/ARCHITECTURE.md, 'Privacy boundary'):
 
 ``public``
     Control data or values every party may know (round numbers, public keys, sizes).

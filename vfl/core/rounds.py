@@ -19,20 +19,25 @@ One state, three views:
 :class:`CheckpointedTrainer` and :class:`TrainerAdapter` are the protocol the unlearning
 package uses to reach a trainer: it never subclasses a trainer or reads a private attribute.
 
+An erasure is a message: the coordinator asks every party holding a patient's rows to delete
+them (``data.erase``, :func:`request_erasure`) and each party answers ``data.erased``
+(:func:`erasure_ack`: how many rows it deleted, how many it has left and a digest of the ids
+it still holds). No code outside a party filters its table.
+
 This module imports neither JAX nor any other part of the project, so the unlearning
 package can use it without loading a trainer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from vfl.core.errors import CheckpointError
-from vfl.core.keyed import split_test
+from vfl.core.errors import CheckpointError, ProtocolError
+from vfl.core.keyed import ids_digest, split_test
 
 #: Checkpoint ``meta`` keys a horizontal record adds to the shared ones.
 _FED_META = ("participants", "dropped", "skipped")
@@ -74,13 +79,27 @@ class FedRoundRecord(RoundRecord):
 
 
 @dataclass
-class TrainHistory:
-    """What ``fit`` returns: per-round losses, per-epoch metrics, rounds run, seconds."""
+class TrainHistory(Sequence):
+    """What both trainers' ``fit`` return: a sequence of per-round summaries (a dict with at
+    least ``round`` and ``loss``; a horizontal round adds who took part, bytes and seconds),
+    plus the per-round losses, per-epoch metrics, rounds run and seconds."""
 
     loss: list[float] = field(default_factory=list)
     epoch_metrics: list[dict] = field(default_factory=list)
     rounds: int = 0
     seconds: float = 0.0
+    summaries: list[dict] = field(default_factory=list)
+
+    def record(self, summary: dict) -> None:
+        """Add one round's summary (and its loss)."""
+        self.summaries.append(summary)
+        self.loss.append(summary["loss"])
+
+    def __getitem__(self, index):
+        return self.summaries[index]
+
+    def __len__(self) -> int:
+        return len(self.summaries)
 
 
 @dataclass
@@ -201,6 +220,49 @@ def prepare_fit(trainer: CheckpointedTrainer, resume_from: RoundRecord | None) -
     return resume_from.round + 1
 
 
+# -- erasure messages ----------------------------------------------------------------------
+#: coordinator -> party: delete your rows of these ids (public payload ``ids``: a list of
+#: ``str``, the ids of the request that the party holds).
+ERASE = "data.erase"
+#: party -> coordinator: the deletion is done (public payload: :func:`erasure_ack`).
+ERASED = "data.erased"
+
+
+def erasure_ack(deleted: int, remaining_ids) -> dict:
+    """The ``data.erased`` payload of a party: rows it deleted, rows it has left and the
+    digest (:func:`vfl.core.keyed.ids_digest`) of the sorted ids it still holds."""
+    ids = sorted(str(i) for i in remaining_ids)
+    return {"deleted": int(deleted), "rows_left": len(ids), "ids_digest": ids_digest(ids)}
+
+
+def erase_ids(msg) -> list[str]:
+    """The ids of a ``data.erase`` message, or a refusal naming the field."""
+    ids = msg.payload.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ProtocolError(
+            f"{msg.kind!r} from {msg.sender!r} has no valid 'ids' field (expected a list of "
+            "id strings); the message is rejected"
+        )
+    return ids
+
+
+def request_erasure(coordinator, held: dict[str, list[str]]) -> dict[str, dict]:
+    """Ask each party of ``held`` to delete its rows of ``held[party]``: one ``data.erase``
+    per party through ``coordinator`` (a :class:`vfl.core.coordinator.Coordinator`), whose
+    transcript then shows the exchange. Returns ``{party: its data.erased payload}``;
+    a party that does not confirm raises :class:`~vfl.core.errors.ProtocolError`."""
+    asked = {p: sorted(str(i) for i in ids) for p, ids in held.items() if len(ids)}
+    if not asked:
+        return {}
+    back = coordinator.exchange([coordinator.request(p, ERASE, {"ids": ids})
+                                 for p, ids in asked.items()])
+    acks = {m.sender: dict(m.payload) for m in back if m.kind == ERASED}
+    missing = sorted(set(asked) - set(acks))
+    if missing:
+        raise ProtocolError(f"parties {missing} did not confirm deleting their rows")
+    return acks
+
+
 # -- the protocol unlearning uses ----------------------------------------------------------
 @runtime_checkable
 class CheckpointedTrainer(Protocol):
@@ -250,20 +312,98 @@ class TrainerAdapter(Protocol):
 
     def split_ids(self) -> dict[str, list[str]]: ...
 
+    def erase_at_parties(self, pids) -> dict[str, dict]: ...
+
+    def comparable_state(self, states: dict[str, dict]) -> dict[str, dict]: ...
+
+    @classmethod
+    def align(cls, spec: dict, *, progress: bool = False) -> list[str]: ...
+
+
+class ClientRemovalAdapter(TrainerAdapter, Protocol):
+    """An adapter that can also remove a whole client approximately (a hospital leaving a
+    horizontal federation: :class:`horizontal.checkpointing.HorizontalAdapter`). The
+    erasure service serves a client removal only through these methods and refuses it
+    when the run's adapter lacks them."""
+
+    def check_client_removal(self, run, client: str) -> list[str]: ...
+
+    def delete_client_update_log(self, run, client: str, model: str = "main") -> None: ...
+
+    def remove_client(self, run, model: str, *, every: int, calibration_fraction: float,
+                      between: str, meta: dict) -> dict: ...
+
+    def local_steps(self, trainer: CheckpointedTrainer) -> int: ...
+
+    def global_params(self, trainer: CheckpointedTrainer) -> np.ndarray: ...
+
+
+#: The methods of :class:`ClientRemovalAdapter` beyond :class:`TrainerAdapter`.
+CLIENT_REMOVAL_METHODS = ("check_client_removal", "delete_client_update_log", "remove_client",
+                          "local_steps", "global_params")
+
 
 class AdapterBase:
-    """What every adapter shares: who holds a patient, SISA score averaging, and the
+    """What every adapter shares: who holds a patient, the erasure exchange with the
+    parties (:meth:`erase_at_parties`, over the parties an adapter builds in
+    :meth:`holding_parties`, minus its ``erased`` ids), SISA score averaging, and the
     keyed-hash train/test split of :func:`vfl.core.keyed.split_test` over the adapter's
     ``aligned`` / ``original_aligned`` ids under its ``config.seed`` and
     ``config.test_fraction``."""
 
     _id_sets: dict[str, set[str]] | None = None
+    _erased_held: dict[str, list[str]] | None = None
+    erasure_transcript = None  # the transcript of the last erase_at_parties
 
-    def holders(self, pid: str) -> list[str]:
-        # the id sets are built once per adapter (its tables never change after __init__)
+    def _held_ids(self) -> dict[str, set[str]]:
+        # the id sets are built once per adapter (the full tables never change)
         if self._id_sets is None:
             self._id_sets = {n: set(map(str, t.ids)) for n, t in self.full_tables.items()}
-        return sorted(n for n, ids in self._id_sets.items() if str(pid) in ids)
+        return self._id_sets
+
+    def holders(self, pid: str) -> list[str]:
+        return sorted(n for n, ids in self._held_ids().items() if str(pid) in ids)
+
+    def held_by(self, ids) -> dict[str, list[str]]:
+        """For every party holding some of ``ids``: those ids, sorted (id bookkeeping over
+        the loaded tables' ids; no row is read)."""
+        ids = sorted({str(i) for i in ids})
+        out = {}
+        for name, mine in self._held_ids().items():
+            held = [i for i in ids if i in mine]
+            if held:
+                out[name] = held
+        return out
+
+    def erased_held(self) -> dict[str, list[str]]:
+        """:meth:`held_by` of every patient erased from the run so far (once per adapter):
+        what each party is asked to delete when it is built from its full table."""
+        if self._erased_held is None:
+            self._erased_held = self.held_by(self.erased)
+        return self._erased_held
+
+    def holding_parties(self):
+        """``(coordinator, {name: party})``: one party per full table, as loaded, on one
+        transport (each adapter builds its own kind of party)."""
+        raise NotImplementedError
+
+    def erase_at_parties(self, pids) -> dict[str, dict]:
+        """An erasure's data deletion: every party holding rows of ``pids`` is asked to
+        delete them (``data.erase``) and answers ``data.erased``; returns ``{party: its
+        data.erased payload}``. The parties are built from their full tables and first
+        delete, the same way, what the run's earlier erasures took (their data as it is
+        now). :attr:`erasure_transcript` then holds the messages."""
+        pids = {str(p) for p in pids}
+        coordinator, _parties = self.holding_parties()
+        request_erasure(coordinator, self.held_by({str(p) for p in self.erased} - pids))
+        acks = request_erasure(coordinator, self.held_by(pids))
+        self.erasure_transcript = coordinator.transport.transcript
+        return acks
+
+    def comparable_state(self, states: dict[str, dict]) -> dict[str, dict]:
+        """The view of :meth:`final_state` two runs must agree on to the bit (an adapter
+        whose states hold encrypted or randomly shared values decrypts them here)."""
+        return states
 
     def scores(self, trainers: dict, ids) -> np.ndarray:
         """Averaged scores of the models (SISA: mean over shards)."""

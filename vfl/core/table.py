@@ -232,6 +232,13 @@ class PartyTable:
             self.imputed,
         )
 
+    def without(self, ids) -> PartyTable:
+        """This table minus the rows of ``ids`` (compared as ``str``), the others in their
+        order; the table itself when it holds none of them."""
+        gone = {str(i) for i in ids}
+        keep = [i for i in self.ids if str(i) not in gone]
+        return self if len(keep) == self.n_rows else self.rows(keep)
+
     def without_labels(self) -> PartyTable:
         return PartyTable(self.ids, self.features, self.columns, None, None, self.imputed)
 

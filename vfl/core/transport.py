@@ -1,12 +1,13 @@
-"""The in-memory transport: serializes, delivers, counts and records every message.
+"""Transports: the :class:`Transport` protocol, and the in-memory transport, which
+serializes, delivers, counts and records every message.
 
 The transport is the privacy boundary made concrete. A party is reachable only through
 :meth:`InMemoryTransport.deliver`, which encodes the message to bytes, records its header in
 the :class:`~vfl.core.transcript.Transcript`, decodes a fresh copy for the receiver and returns the
 receiver's replies. Nothing else of a party is ever handed to another party.
 
-A networked engine (Flower's Message API) implements the same ``deliver`` contract; the
-coordinator and parties do not change.
+A networked engine (Flower's Message API) implements the same :class:`Transport` protocol;
+the coordinator and the parties do not change.
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ class MessageHandler(Protocol):
     name: str
 
     def handle(self, message: Message) -> list[Message]: ...
+
+
+class Transport(Protocol):
+    """What the coordinator needs from an engine: deliver a message to its receiver and
+    return the receiver's replies, hand back messages addressed to the coordinator, and
+    record every message that crossed in a :class:`~vfl.core.transcript.Transcript`."""
+
+    transcript: Transcript
+
+    @property
+    def parties(self) -> list[str]: ...
+
+    def deliver(self, message: Message) -> list[Message]: ...
+
+    def send_to_coordinator(self, message: Message) -> Message: ...
 
 
 class InMemoryTransport:

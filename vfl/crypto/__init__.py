@@ -30,7 +30,8 @@ Public API (everything else is internal)::
 Exceptions (all ``CryptoError``): InsecureKeyError, InvalidCiphertextError, WrongKeyError,
 FixedPointOverflowError, ShapeMismatchError, ScaleMismatchError.
 
-Encrypted gradient exchange (DESIGN.md section 4), with ``J^T`` of shape (params, batch)::
+Encrypted gradient exchange (the ``paillier-masked-gradient`` protocol,
+:mod:`vfl.vertical.masked_gradient`), with ``J^T`` of shape (params, batch)::
 
     codec = FixedPointCodec(frac_bits=32)
     enc_delta = encrypt_array(pk, codec.encode(delta), scale_bits=32)     # active party

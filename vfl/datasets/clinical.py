@@ -84,18 +84,16 @@ def load_actg320(seed: int = 0, *, coverage: Coverage = None, extra: float = EXT
     pharmacy |= {"priorzdv": X["priorzdv"].to_numpy(np.float64)}
     blocks = {"hospital": _block(hospital), "lab": _block(lab), "pharmacy": _block(pharmacy)}
     y = outcome["censor"].astype(np.int64)
-    description = (
+    coding = "one-hot indicators" if one_hot else "integer codes"
+    source = "scikit-survival load_aids(endpoint='aids') (ACTG 320)"
+    return _dataset("actg320", "binary", blocks, y, "censor", (
         "ACTG 320, a randomized trial of indinavir added to zidovudine and lamivudine in "
         "HIV-infected adults with CD4 <= 200 (Hammer et al. 1997), as shipped with "
         "scikit-survival. Label `censor`: 1 if an AIDS-defining event or death occurred "
         "during follow-up, else 0 (binary; follow-up time is not used). Split: demographics "
         "and history at the hospital, CD4 at the lab, treatment arm and prior zidovudine at "
-        "the pharmacy. Race/ethnicity, IV drug use and treatment group are "
-        f"{'one-hot indicators' if one_hot else 'integer codes'}."
-    )
-    return _dataset("actg320", "binary", blocks, y, "censor", description,
-                    "scikit-survival load_aids(endpoint='aids') (ACTG 320)", seed=seed,
-                    coverage=coverage, extra=extra, impute=impute)
+        f"the pharmacy. Race/ethnicity, IV drug use and treatment group are {coding}."
+    ), source, seed=seed, coverage=coverage, extra=extra, impute=impute)
 
 
 GSE7390_IMPUTE = MappingProxyType({"grade": "median"})

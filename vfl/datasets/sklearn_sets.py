@@ -37,6 +37,22 @@ def _split_columns(columns: list[str], X: np.ndarray, n_parties: int):
     }
 
 
+def _column_split_dataset(name: str, task: str, columns: list[str], X: np.ndarray, y,
+                          label: str, n_classes: int | None, n_parties: int, about: str,
+                          source: str, *, seed: int, coverage: Coverage, extra: float,
+                          impute: Impute) -> VerticalDataset:
+    """Split ``X``'s columns into ``n_parties`` contiguous groups and build the dataset;
+    ``about`` is the description's opening, with ``{groups}`` for the party list."""
+    blocks = _split_columns(columns, X, n_parties)
+    tables = split_vertical(name, blocks, y, label, seed=seed, coverage=coverage, extra=extra,
+                            impute=impute)
+    description = about.format(groups=", ".join(blocks)) + overlap_note(tables, len(y), extra)
+    return VerticalDataset(
+        name=name, task=task, active="hospital", tables=tables, label_name=label,
+        n_classes=n_classes, description=description, source=source, n_cohort=len(y),
+    )
+
+
 def load_breast_cancer_vertical(seed: int = 0, n_parties: int = 3, *, coverage: Coverage = None,
                                 extra: float = EXTRA, impute: Impute = None) -> VerticalDataset:
     """Wisconsin diagnostic breast cancer (569 tumours, 30 image features), binary.
@@ -52,21 +68,16 @@ def load_breast_cancer_vertical(seed: int = 0, n_parties: int = 3, *, coverage: 
     columns = [c.replace(" ", "_") for c in data.feature_names]
     X = np.asarray(data.data, dtype=np.float64)
     y = (data.target == 0).astype(np.int64)
-    blocks = _split_columns(columns, X, n_parties)
-    tables = split_vertical("breast_cancer", blocks, y, "malignant", seed=seed,
-                            coverage=coverage, extra=extra, impute=impute)
-    description = (
+    about = (
         "Wisconsin diagnostic breast cancer (Street, Wolberg and Mangasarian 1993), bundled "
         "with scikit-learn: 30 features of cell nuclei from fine-needle aspirate images. "
         "Label `malignant`: 1 = malignant, 0 = benign (binary). Split: the 30 columns in "
-        f"{n_parties} contiguous groups ({', '.join(blocks)}). "
-        + overlap_note(tables, len(y), extra)
+        f"{n_parties} contiguous groups ({{groups}}). "
     )
-    return VerticalDataset(
-        name="breast_cancer", task="binary", active="hospital", tables=tables,
-        label_name="malignant", n_classes=2, description=description,
-        source="scikit-learn load_breast_cancer (Wisconsin diagnostic)", n_cohort=len(y),
-    )
+    return _column_split_dataset(
+        "breast_cancer", "binary", columns, X, y, "malignant", 2, n_parties, about,
+        "scikit-learn load_breast_cancer (Wisconsin diagnostic)", seed=seed,
+        coverage=coverage, extra=extra, impute=impute)
 
 
 def load_diabetes_vertical(seed: int = 0, n_parties: int = 2, *, coverage: Coverage = None,
@@ -85,18 +96,13 @@ def load_diabetes_vertical(seed: int = 0, n_parties: int = 2, *, coverage: Cover
     X = np.asarray(data.data, dtype=np.float64).copy()
     X[:, columns.index("sex")] -= 1.0
     y = np.asarray(data.target, dtype=np.float64)
-    blocks = _split_columns(columns, X, n_parties)
-    tables = split_vertical("diabetes", blocks, y, "progression", seed=seed,
-                            coverage=coverage, extra=extra, impute=impute)
-    description = (
+    about = (
         "Diabetes progression (Efron et al. 2004, 'Least Angle Regression'), bundled with "
         "scikit-learn, unscaled. Label `progression`: disease progression one year after "
         "baseline (regression). Split: age, sex, BMI, blood pressure and six serum "
-        f"measurements in {n_parties} contiguous groups ({', '.join(blocks)}). "
-        + overlap_note(tables, len(y), extra)
+        f"measurements in {n_parties} contiguous groups ({{groups}}). "
     )
-    return VerticalDataset(
-        name="diabetes", task="regression", active="hospital", tables=tables,
-        label_name="progression", n_classes=None, description=description,
-        source="scikit-learn load_diabetes (Efron et al. 2004)", n_cohort=len(y),
-    )
+    return _column_split_dataset(
+        "diabetes", "regression", columns, X, y, "progression", None, n_parties, about,
+        "scikit-learn load_diabetes (Efron et al. 2004)", seed=seed, coverage=coverage,
+        extra=extra, impute=impute)

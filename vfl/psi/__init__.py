@@ -1,5 +1,6 @@
 """Private set intersection (PSI) for entity alignment: multi-party Diffie-Hellman over a
-well-known group (DESIGN section 3).
+well-known group (party side :mod:`vfl.psi.participant`, coordinator side
+:mod:`vfl.psi.coordinator`, group and hashing :mod:`vfl.psi.group`).
 
 Protocol
 --------

@@ -17,7 +17,7 @@ from vfl.core.messages import COORDINATOR, Label, Message
 from vfl.core.optim import make_optimizer
 from vfl.core.party import handles
 from vfl.core.table import PartyTable
-from vfl.vertical.config import SecurityPolicy, TrainConfig
+from vfl.vertical.config import SecurityPolicy
 from vfl.vertical.jitted import top_functions
 from vfl.vertical.masked_gradient import (
     ActiveKeyring,
@@ -50,14 +50,15 @@ class ActiveParty(TrainingParty):
     @handles("train.setup")
     def on_setup(self, msg: Message) -> list[Message]:
         self._expect(msg, COORDINATOR)
-        config = TrainConfig.from_json(msg.payload["config"])
+        config = self._received_config(msg.payload["config"])
         self._setup_common(config, msg.payload.get("slices"))
         task = config.task
         self.passives: list[str] = list(msg.payload["passives"])
         self.y_train = task.check_labels(self.train_rows.labels)
         k_bottom, k_top = jax.random.split(self.key)
         self.bottom = ModelHandle(
-            make_bottom(config.model, self.table.n_features, task.n_outputs, k_bottom)
+            make_bottom(config.model, self.table.n_features, task.n_outputs, k_bottom,
+                        party=self.name)
         )
         self.top = ModelHandle(
             make_top(config.model, 1 + len(self.passives), task.n_outputs, k_top)
@@ -71,6 +72,7 @@ class ActiveParty(TrainingParty):
             config.optimizer,
             config.learning_rate,
             config.weight_decay,
+            config.decay_biases,
         )
         self._step, self._predict = fns.step, fns.predict
         self._inbox: dict[str, np.ndarray] = {}
@@ -398,6 +400,16 @@ class ActiveParty(TrainingParty):
         ]
 
     # -- checkpoint (party-local) ----------------------------------------------------------
+    def parameters(self) -> dict:
+        """Party-local: this party's trained bottom and top model, as nested dicts of numpy
+        arrays (no key material and no dual coefficients)."""
+        if self.config is None:
+            raise ProtocolError(f"{self.name!r} has not been set up for training")
+        return {
+            "bottom": self.bottom.export(self.params[0]),
+            "top": self.top.export(self.params[1]),
+        }
+
     def _export_params(self) -> dict:
         out = {
             "bottom": self.bottom.export(self.params[0]),

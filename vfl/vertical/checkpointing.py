@@ -1,10 +1,13 @@
 """The vertical (split learning) adapter: rebuilds :class:`~vfl.vertical.trainer.SplitTrainer` s
 from a run manifest, minus erased patients, for replay and retrain.
 
-Every party's table comes from the dataset loader named in the manifest minus the erased
-ids (each party deletes the patient's rows). Alignment is each party's stored PSI result
-minus the erased ids (the intersection of the tables after a deletion), so a replay does
-not re-run PSI. With SISA, patients are hashed into S shards and every party keeps S
+Every party is built from its full table, as the dataset loader named in the manifest
+gives it, and deletes the erased patients' rows itself: the coordinator sends it
+``data.erase`` with the ids it holds and it answers ``data.erased``
+(:func:`vfl.core.rounds.request_erasure`); the adapter never filters a table. Alignment is
+each party's stored PSI result minus the erased ids (the intersection of the tables after a
+deletion), so a replay does not re-run PSI (:meth:`VerticalAdapter.align` runs it once, when
+the run is created). With SISA, patients are hashed into S shards and every party keeps S
 bottom models (one federation per shard); predictions are averaged.
 
 Cost. Trainers are :class:`CheckpointingTrainer` s: when the store will keep only some
@@ -39,10 +42,18 @@ import numpy as np
 
 from vfl.core.errors import RunDirError
 from vfl.core.keyed import SlicePlan, ids_digest, shard_map
-from vfl.core.rounds import AdapterBase, Checkpoint, from_checkpoint, state_tree, to_checkpoint
+from vfl.core.rounds import (
+    AdapterBase,
+    Checkpoint,
+    from_checkpoint,
+    request_erasure,
+    state_tree,
+    to_checkpoint,
+)
 from vfl.core.transcript import Transcript
 from vfl.vertical.config import SecurityPolicy, TrainConfig
 from vfl.vertical.federation import Federation
+from vfl.vertical.source_layer import plaintext_view
 from vfl.vertical.trainer import RoundRecord, SplitTrainer
 
 _DATA_CACHE: dict[str, tuple[dict, str]] = {}
@@ -207,14 +218,9 @@ class VerticalAdapter(AdapterBase):
     def __init__(self, spec: dict, aligned: list[str], erased: set[str] = frozenset()):
         self.spec = spec
         self.config = TrainConfig.from_json(spec["config"])
-        tables, self.active = load_tables(spec["dataset"])
-        self.full_tables = tables
-        erased = set(erased)
+        self.full_tables, self.active = load_tables(spec["dataset"])
+        erased = {str(i) for i in erased}
         self.erased = erased
-        self.tables = {}
-        for name, t in tables.items():
-            keep = [i for i in t.ids if str(i) not in erased]
-            self.tables[name] = t if len(keep) == t.n_rows else t.rows(keep)
         self.original_aligned = list(aligned)
         self.aligned = [i for i in aligned if i not in erased]
         sisa = spec.get("sisa") or {}
@@ -246,7 +252,8 @@ class VerticalAdapter(AdapterBase):
             self._setup_base = json.dumps(
                 {"dataset": self.spec["dataset"], "config": self.config.to_json(),
                  "plan": None if self.plan is None else self.plan.to_json(),
-                 "active": self.active, "parties": sorted(self.tables)}, sort_keys=True)
+                 "active": self.active, "parties": sorted(self.full_tables)},
+                sort_keys=True)
         return hashlib.sha256(f"{self._setup_base}|{ids_digest(ids)}".encode()).hexdigest()
 
     def trainer(self, model: str) -> CheckpointingTrainer:
@@ -257,18 +264,53 @@ class VerticalAdapter(AdapterBase):
             slot = (self.pool, self.setup_key(ids))
             item = self.pool.take(slot[1])
             if item is not None:
-                return CheckpointingTrainer.from_pool(item, self.config, self.plan, slot)
-        # The run's operator pinned the protocol and key length in the manifest's config.
-        fed = Federation.from_tables(
-            self.tables, self.active, policy=SecurityPolicy.pinned(self.config)
-        )
+                t = CheckpointingTrainer.from_pool(item, self.config, self.plan, slot)
+                self._erase_in(t.federation)  # what erasures since it was pooled took
+                return t
+        fed = self._federation()
+        self._erase_in(fed)
         ids = np.asarray(ids, dtype=object)
         for party in fed.parties.values():
             party.on_aligned(ids)  # party-local: its PSI result minus erased ids
-            party.load_scoring_table(self.full_tables[party.name])
         t = CheckpointingTrainer(fed, self.config, slices=self.plan)
         t.pool_slot = slot
         return t
+
+    def _federation(self) -> Federation:
+        """Every party built from its full table. The run's operator pinned the protocol
+        and key length in the manifest's config."""
+        return Federation.from_tables(
+            self.full_tables, self.active, policy=SecurityPolicy.pinned(self.config)
+        )
+
+    def _erase_in(self, fed: Federation) -> dict[str, dict]:
+        """Each party of ``fed`` deletes its rows of the run's erased patients itself
+        (``data.erase``). Its scoring table is then its full table: verification scores
+        erased rows in memory, at their holder, for the duration of a request."""
+        acks = request_erasure(fed.coordinator, self.erased_held())
+        for party in fed.parties.values():
+            party.load_scoring_table(self.full_tables[party.name])
+        return acks
+
+    # -- erasure and alignment -------------------------------------------------------------
+    def holding_parties(self):
+        fed = self._federation()
+        return fed.coordinator, fed.parties
+
+    def comparable_state(self, states: dict[str, dict]) -> dict[str, dict]:
+        """Encrypted source layers (``paillier``) decrypted: the ciphertexts, random shares
+        and keys of two runs differ, the model does not
+        (:func:`vfl.vertical.source_layer.plaintext_view`)."""
+        return plaintext_view(states)
+
+    @classmethod
+    def align(cls, spec: dict, *, progress: bool = False) -> list[str]:
+        """Private set intersection over the manifest's parties, once, when the run is
+        created; each party keeps its result and the run stores the aligned ids."""
+        tables, active = load_tables(spec["dataset"])
+        fed = Federation.from_tables(tables, active)
+        fed.align(progress=progress)
+        return [str(i) for i in fed.parties[active].aligned_ids]
 
     # -- checkpoints -----------------------------------------------------------------------
     @staticmethod

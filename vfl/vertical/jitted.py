@@ -38,8 +38,12 @@ def _apply(graphdef, params, *args):
 
 
 @functools.lru_cache(maxsize=256)
-def bottom_functions(graphdef, optimizer: str, lr: float, wd: float) -> BottomFunctions:
-    tx = make_optimizer(optimizer, lr, wd)
+def bottom_functions(
+    graphdef, optimizer, lr: float, wd: float, decay_biases: bool = True
+) -> BottomFunctions:
+    """``optimizer``: a name or an ``optax.GradientTransformation`` (hashable, so the
+    compiled functions are shared per transformation object)."""
+    tx = make_optimizer(optimizer, lr, wd, decay_biases=decay_biases)
     apply = functools.partial(_apply, graphdef)
 
     def backward(params, opt_state, x, g):
@@ -63,9 +67,15 @@ def bottom_functions(graphdef, optimizer: str, lr: float, wd: float) -> BottomFu
 
 @functools.lru_cache(maxsize=256)
 def top_functions(
-    bottom_graphdef, top_graphdef, task: Task, optimizer: str, lr: float, wd: float
+    bottom_graphdef,
+    top_graphdef,
+    task: Task,
+    optimizer,
+    lr: float,
+    wd: float,
+    decay_biases: bool = True,
 ) -> TopFunctions:
-    tx = make_optimizer(optimizer, lr, wd)
+    tx = make_optimizer(optimizer, lr, wd, decay_biases=decay_biases)
 
     def logits_fn(params, x, hs):
         h0 = _apply(bottom_graphdef, params[0], x)

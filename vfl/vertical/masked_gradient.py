@@ -1,4 +1,4 @@
-"""The Paillier-encrypted gradient exchange of the ``paillier`` protocol (DESIGN section 4).
+"""The Paillier-encrypted gradient exchange of the opt-in ``paillier-masked-gradient`` protocol.
 
 Backpropagation is linear in the incoming gradient, so a passive party can compute its
 parameter gradient without seeing the cut-layer gradient::

@@ -54,10 +54,12 @@ class PassiveParty(TrainingParty):
     @handles("train.setup")
     def on_setup(self, msg: Message) -> list[Message]:
         self._expect(msg, COORDINATOR)
-        config = TrainConfig.from_json(msg.payload["config"])
+        config = self._received_config(msg.payload["config"])
         self._setup_common(config, msg.payload.get("slices"))
         self.active = msg.payload["active"]
-        module = make_bottom(config.model, self.table.n_features, config.task.n_outputs, self.key)
+        config.check_passive_bottom(self.name)
+        module = make_bottom(config.model, self.table.n_features, config.task.n_outputs,
+                             self.key, party=self.name)
         self.bottom = ModelHandle(module)
         self._pending: tuple[int, np.ndarray, np.ndarray, int] | None = None
         self._sealer = None
@@ -80,7 +82,8 @@ class PassiveParty(TrainingParty):
         self.opt_state = self.tx.init(self.params)
         c = config
         fns = bottom_functions(
-            self.bottom.graphdef, c.passive_optimizer_name, c.learning_rate, c.weight_decay
+            self.bottom.graphdef, c.passive_optimizer_name, c.learning_rate, c.weight_decay,
+            c.decay_biases,
         )
         self._forward, self._backward = fns.forward, fns.backward
         if config.protocol == MASKED:
@@ -306,6 +309,16 @@ class PassiveParty(TrainingParty):
                 "embeddings are visible only to the active party"
             )
         return super().embedding_spread()
+
+    def parameters(self) -> dict:
+        """Party-local: this party's trained bottom model as nested dicts of numpy arrays.
+        Under ``paillier`` the source layer is held jointly: what this party has is its
+        random share and ciphertexts under the active party's key (``{"source": ...}``);
+        it cannot decrypt them (see :meth:`SplitTrainer.parameters
+        <vfl.vertical.trainer.SplitTrainer.parameters>`)."""
+        if self.config is None:
+            raise ProtocolError(f"{self.name!r} has not been set up for training")
+        return self._export_params()
 
     def _export_params(self) -> dict:
         if self.source is not None:

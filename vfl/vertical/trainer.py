@@ -1,4 +1,4 @@
-"""The round-based split trainer and its checkpoint contract (DESIGN section 6).
+"""The round-based split trainer and its checkpoint contract (:mod:`vfl.core.rounds`).
 
 One round is one mini-batch step. In round ``r`` every party takes the rows that
 :class:`~vfl.core.keyed.BatchSchedule` assigns to ``r`` (a pure function of the public seed,
@@ -35,6 +35,7 @@ from vfl.core.rounds import (
 )
 from vfl.vertical.config import TrainConfig
 from vfl.vertical.federation import Federation
+from vfl.vertical.source_layer import plaintext_view
 
 #: Fewer aligned rows than this cannot give a model and a held-out metric worth reporting.
 MIN_ALIGNED_ROWS = 10
@@ -51,7 +52,7 @@ class SplitTrainer:
         self.coordinator = federation.coordinator
         self._setup_done = False
         self.n_train = 0
-        # Optional: training rows added in slices / arriving over time (DESIGN section 7).
+        # Optional: training rows added in slices / arriving over time (SISA, arrival waves).
         self.slices = slices
         self._sliced_rounds: int | None = None
         self.phase_starts: list[int] = [0]
@@ -83,6 +84,14 @@ class SplitTrainer:
 
     def setup(self) -> None:
         fed, c = self.federation, self.coordinator
+        self.config.check_parties(fed.active, fed.passives)
+        if not self.config.is_portable:
+            # Python objects (module factories, Optax transformations) cannot cross the
+            # wire: in one process each party is given the config object itself, as its
+            # operator would configure it (party-local); the message carries the JSON,
+            # which names them, and each party checks the two agree.
+            for party in fed.parties.values():
+                party.local_config = self.config
         base = {"config": self.config.to_json(), "active": fed.active, "passives": fed.passives}
         if self.slices is not None:
             base["slices"] = self.slices.to_json()
@@ -187,7 +196,7 @@ class SplitTrainer:
             bar.advance(start)
             for r in range(start, last + 1):
                 loss = self.run_round(r)
-                history.loss.append(loss)
+                history.record({"round": r, "loss": loss})
                 if on_round_end is not None:
                     on_round_end(self.snapshot(r, loss))
                 if eval_every_epoch and (r + 1) % self.steps_per_epoch == 0:
@@ -223,6 +232,34 @@ class SplitTrainer:
         if with_scores:
             out["scores"] = np.asarray(out["scores"])
             out["labels"] = np.asarray(out["labels"])
+        return out
+
+    def parameters(self, *, decrypt: bool = False) -> dict[str, dict]:
+        """Per party, its trained parameters as nested dicts of numpy arrays (party-local
+        reads, like :meth:`snapshot`): the active party's ``{"bottom": ..., "top": ...}``,
+        a passive's bottom (``{"linear": {"kernel": W}}`` for a linear source layer).
+
+        Under ``paillier`` no party holds a passive's source layer in plaintext: the
+        passive holds a random share plus ciphertexts under the active party's key
+        (``{"source": {...}}``, see :mod:`vfl.vertical.source_layer`), and the active party
+        holds the key. ``decrypt=True`` (tests and auditors only, in a simulation: it
+        combines the key holder's state with the passives') returns those layers decrypted
+        as ``{"linear": {"kernel": W}}``, like a plain passive's, through
+        :func:`~vfl.vertical.source_layer.plaintext_view`.
+        """
+        fed = self.federation
+        out = {n: fed.parties[n].parameters() for n in fed.names}
+        held = [n for n in fed.passives if getattr(fed.parties[n], "source", None) is not None]
+        if decrypt and held:
+            states = {n: {"params": fed.parties[n].snapshot().params} for n in fed.names}
+            views = plaintext_view(states)
+            for name in held:
+                view = views[name]["params"]
+                if "W" in view:  # primal: W = U + V
+                    out[name] = {"linear": {"kernel": view["W"]}}
+                elif "P" in view:  # dual: W = W0 + X^T P on the party's training rows
+                    x = np.asarray(fed.parties[name].x_train, dtype=np.float64)
+                    out[name] = {"linear": {"kernel": view["W0"] + x.T @ view["P"]}}
         return out
 
     def predict(self, ids) -> np.ndarray:

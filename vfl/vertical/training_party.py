@@ -4,6 +4,7 @@ split, scaling, the batch schedule, the checkpoint methods and the sender checks
 from __future__ import annotations
 
 import hashlib
+import json
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +15,13 @@ from vfl.core.errors import (
     ConfigError,
     PayloadShapeError,
     ProtocolError,
+    UnexpectedSenderError,
 )
 from vfl.core.keyed import BatchSchedule, SlicedSchedule, SlicePlan, ids_digest, split_test
-from vfl.core.messages import Message
+from vfl.core.messages import COORDINATOR, Label, Message
 from vfl.core.optim import make_optimizer
-from vfl.core.rounds import PartyState
+from vfl.core.party import handles
+from vfl.core.rounds import ERASE, ERASED, PartyState, erase_ids, erasure_ack
 from vfl.core.table import PartyTable, Standardizer
 from vfl.psi.participant import PSIParticipant
 from vfl.vertical.config import SecurityPolicy, TrainConfig
@@ -51,6 +54,12 @@ def party_key(seed: int, name: str):
 class TrainingParty(PSIParticipant):
     """What active and passive parties share: alignment, split, scaling, schedule."""
 
+    #: Party-local: a training config holding Python objects (module factories, Optax
+    #: transformations), which JSON cannot carry. A ``train.setup`` whose config serializes
+    #: to exactly this one's JSON uses this object; set by the party's operator (in one
+    #: process, :meth:`SplitTrainer.setup <vfl.vertical.trainer.SplitTrainer.setup>` does).
+    local_config: TrainConfig | None = None
+
     def __init__(self, name: str, table: PartyTable, *, policy: SecurityPolicy | None = None):
         super().__init__(name, ids=table.ids)
         self.table = table
@@ -79,6 +88,34 @@ class TrainingParty(PSIParticipant):
                 f"{sorted(senders)} may send it in this protocol"
             )
 
+    # -- erasure ---------------------------------------------------------------------------
+    @handles(ERASE)
+    def on_erase(self, msg: Message) -> list[Message]:
+        """The coordinator relays an erasure request: delete this party's rows of the ids
+        named, from its table, its aligned ids and its scoring table, and say how many
+        (``data.erased``). A party already set up keeps its training view until it is set up
+        again."""
+        if msg.sender != COORDINATOR:
+            raise UnexpectedSenderError(
+                f"{self.name!r} refuses {msg.kind!r} from {msg.sender!r}: only the "
+                f"coordinator ({COORDINATOR!r}) may ask a party to delete rows"
+            )
+        gone = set(erase_ids(msg))
+        before = self.table.n_rows
+        self.table = self.table.without(gone)
+        if self.aligned_ids is not None:
+            keep = [str(i) not in gone for i in self.aligned_ids]
+            if not all(keep):
+                self.aligned_ids = self.aligned_ids[np.asarray(keep, dtype=bool)]
+        if self._scoring is not None:
+            self._scoring = self._scoring.without(gone)
+        ack = erasure_ack(before - self.table.n_rows, self.table.ids)
+        return [self.send(COORDINATOR, ERASED, Label.PUBLIC, ack)]
+
+    def psi_ids(self) -> np.ndarray:
+        """The ids this party offers to PSI: those of its table (without erased rows)."""
+        return np.asarray(self.table.ids, dtype=object).copy()
+
     # -- alignment -------------------------------------------------------------------------
     def on_aligned(self, aligned_ids: np.ndarray) -> None:
         self.aligned_ids = np.asarray(aligned_ids, dtype=object)
@@ -88,6 +125,17 @@ class TrainingParty(PSIParticipant):
         self.on_aligned(np.asarray(aligned_ids, dtype=object))
 
     # -- setup -----------------------------------------------------------------------------
+    def _received_config(self, obj: dict) -> TrainConfig:
+        """The config of a ``train.setup``: from its JSON, or this party's own
+        :attr:`local_config` when that one holds Python objects and describes the same
+        config (same JSON)."""
+        local = self.local_config
+        if local is not None and not local.is_portable and json.dumps(
+            local.to_json(), sort_keys=True
+        ) == json.dumps(obj, sort_keys=True):
+            return local
+        return TrainConfig.from_json(obj)
+
     def _setup_common(self, config: TrainConfig, slices: dict | None = None) -> None:
         if self.aligned_ids is None:
             raise ProtocolError(f"{self.name!r} cannot set up training before alignment")
@@ -143,7 +191,7 @@ class TrainingParty(PSIParticipant):
                 )
         self.key = party_key(config.seed, self.name)
         self.tx = make_optimizer(self._optimizer_name(config), config.learning_rate,
-                                 config.weight_decay)
+                                 config.weight_decay, decay_biases=config.decay_biases)
         self.completed_round = -1
         self.reset_rounds(None)
 
