@@ -1,4 +1,4 @@
-"""Multi-party DH private set intersection (vfl.psi.protocol)."""
+"""Multi-party DH private set intersection (vfl.psi)."""
 
 from __future__ import annotations
 
