@@ -347,3 +347,24 @@ def test_federated_trainer_parameters_are_the_global_model():
     assert params["out"]["kernel"].shape == (4, 1)
     flat = np.concatenate([np.ravel(v) for v in jax.tree.leaves(params)])
     assert np.array_equal(np.sort(flat), np.sort(trainer.global_params()))
+
+
+def test_split_trainer_from_tables_matches_the_federation_route():
+    """``SplitTrainer.from_tables`` (the shape of ``FederatedTrainer(tables, config)``)
+    trains the same model as building, aligning and training the federation by hand."""
+    from vfl import Federation, ModelConfig, SplitTrainer, Task, TrainConfig, load_dataset
+
+    data = load_dataset("breast_cancer", seed=0)
+    config = TrainConfig(Task("binary"), ModelConfig("linear", "sum"), epochs=1,
+                         batch_size=64, learning_rate=0.1, protocol="plain")
+    short = SplitTrainer.from_tables(data.tables, data.active, config)
+    short.fit(progress=False)
+    fed = Federation.from_dataset(data)
+    fed.align()
+    long = SplitTrainer(fed, config)
+    long.fit(progress=False)
+    a, b = short.parameters(), long.parameters()
+    assert a.keys() == b.keys()
+    for name in a:
+        for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

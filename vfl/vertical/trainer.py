@@ -57,6 +57,24 @@ class SplitTrainer:
         self._sliced_rounds: int | None = None
         self.phase_starts: list[int] = [0]
 
+    @classmethod
+    def from_tables(
+        cls,
+        tables,
+        active: str,
+        config: TrainConfig,
+        *,
+        policy=None,
+        slices: SlicePlan | None = None,
+        progress: bool = False,
+    ) -> SplitTrainer:
+        """The vertical counterpart of ``FederatedTrainer(tables, config)``: one party per
+        table (``active`` holds the labels), aligned by PSI, and a trainer over them.
+        ``policy`` is every party's own :class:`~vfl.vertical.config.SecurityPolicy`."""
+        federation = Federation.from_tables(tables, active, policy=policy)
+        federation.align(progress=progress)
+        return cls(federation, config, slices=slices)
+
     @property
     def is_set_up(self) -> bool:
         """Whether every party has been set up for this trainer's config."""
