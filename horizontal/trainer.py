@@ -44,7 +44,7 @@ from vfl.core import metrics as vfl_metrics
 from vfl.core.coordinator import Coordinator, FailurePolicy, Routed
 from vfl.core.messages import Message
 from vfl.core.progress import progress_bar
-from vfl.core.rounds import FedRoundRecord, TrainHistory, check_record, prepare_fit
+from vfl.core.rounds import FedRoundRecord, SetupOnce, TrainHistory, check_record, prepare_fit
 from vfl.core.table import PartyTable
 from vfl.core.transport import InMemoryTransport
 
@@ -54,7 +54,7 @@ def _blame(message: Message, error: Exception) -> str:
     return error.client if isinstance(error, BadUpdateError) else message.receiver
 
 
-class FederatedTrainer:
+class FederatedTrainer(SetupOnce):
     """Builds a server and one :class:`HospitalClient` per table and drives rounds.
 
     ``mode`` picks the executor (``"vectorized"`` or ``"loop"``). The trainer never reads a
@@ -89,16 +89,6 @@ class FederatedTrainer:
         self.sizes: dict[str, dict] = {}
         self.completed_round = -1
         self._setup_done = False
-
-    @property
-    def is_set_up(self) -> bool:
-        """Whether the server and every client have been set up."""
-        return self._setup_done
-
-    def ensure_setup(self) -> None:
-        """Set up the server and the clients unless that is already done."""
-        if not self._setup_done:
-            self.setup()
 
     # -- routing ------------------------------------------------------------------------------
     def _failure_policy(self) -> FailurePolicy:

@@ -263,6 +263,26 @@ def request_erasure(coordinator, held: dict[str, list[str]]) -> dict[str, dict]:
     return acks
 
 
+class SetupOnce:
+    """What both trainers share about setup: it runs once, and :meth:`ensure_setup` runs it
+    only when it has not run (``setup`` itself sets ``_setup_done``)."""
+
+    _setup_done = False
+
+    def setup(self) -> None:  # pragma: no cover - every trainer defines its own
+        raise NotImplementedError
+
+    @property
+    def is_set_up(self) -> bool:
+        """Whether every participant has been set up for this trainer's config."""
+        return self._setup_done
+
+    def ensure_setup(self) -> None:
+        """Run setup unless that is already done."""
+        if not self._setup_done:
+            self.setup()
+
+
 # -- the protocol unlearning uses ----------------------------------------------------------
 @runtime_checkable
 class CheckpointedTrainer(Protocol):

@@ -29,6 +29,7 @@ from vfl.core.progress import progress_bar
 from vfl.core.rounds import (
     CheckpointCallback,
     RoundRecord,
+    SetupOnce,
     TrainHistory,
     check_record,
     prepare_fit,
@@ -41,7 +42,7 @@ from vfl.vertical.source_layer import plaintext_view
 MIN_ALIGNED_ROWS = 10
 
 
-class SplitTrainer:
+class SplitTrainer(SetupOnce):
     """Drives split training through the coordinator; never touches a party's data."""
 
     def __init__(
@@ -74,16 +75,6 @@ class SplitTrainer:
         federation = Federation.from_tables(tables, active, policy=policy)
         federation.align(progress=progress)
         return cls(federation, config, slices=slices)
-
-    @property
-    def is_set_up(self) -> bool:
-        """Whether every party has been set up for this trainer's config."""
-        return self._setup_done
-
-    def ensure_setup(self) -> None:
-        """Set the parties up unless that is already done."""
-        if not self._setup_done:
-            self.setup()
 
     def setup_result(self) -> tuple:
         """What setup agreed (split sizes, slice schedule): lets a trainer over the same,
