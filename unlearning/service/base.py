@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -104,7 +105,7 @@ def require(adapter, methods, what: str) -> None:
         )
 
 
-class RequestKind:
+class RequestKind(ABC):
     """One kind of request. ``kind`` names it in the journal; ``request_type`` is the
     request class it serves."""
 
@@ -118,18 +119,18 @@ class RequestKind:
     def run(self) -> RunDir:
         return self.service.run
 
+    @abstractmethod
     def start(self, request) -> dict:
         """Serve a request that has no journal: an earlier certificate, or check (nothing
         written before the checks pass), receive and serve it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unlearn(self, rid: str, j: Journal, t0: float) -> None:
         """located -> data deleted -> unlearned, up to the index swap (the commit point)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def parties(self, j: Journal) -> list[str]:
         """The parties that deleted the request's data (they co-sign the certificate)."""
-        raise NotImplementedError
 
     def certificate_extra(self, j: Journal) -> dict:
         """Further top-level certificate fields."""

@@ -30,6 +30,7 @@ package can use it without loading a trainer.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -263,14 +264,15 @@ def request_erasure(coordinator, held: dict[str, list[str]]) -> dict[str, dict]:
     return acks
 
 
-class SetupOnce:
+class SetupOnce(ABC):
     """What both trainers share about setup: it runs once, and :meth:`ensure_setup` runs it
     only when it has not run (``setup`` itself sets ``_setup_done``)."""
 
     _setup_done = False
 
-    def setup(self) -> None:  # pragma: no cover - every trainer defines its own
-        raise NotImplementedError
+    @abstractmethod
+    def setup(self) -> None:
+        """Set every participant up for this trainer's config (sets ``_setup_done``)."""
 
     @property
     def is_set_up(self) -> bool:
@@ -363,7 +365,7 @@ CLIENT_REMOVAL_METHODS = ("check_client_removal", "delete_client_update_log", "r
                           "local_steps", "global_params")
 
 
-class AdapterBase:
+class AdapterBase(ABC):
     """What every adapter shares: who holds a patient, the erasure exchange with the
     parties (:meth:`erase_at_parties`, over the parties an adapter builds in
     :meth:`holding_parties`, minus its ``erased`` ids), SISA score averaging, and the
@@ -402,10 +404,10 @@ class AdapterBase:
             self._erased_held = self.held_by(self.erased)
         return self._erased_held
 
+    @abstractmethod
     def holding_parties(self):
         """``(coordinator, {name: party})``: one party per full table, as loaded, on one
         transport (each adapter builds its own kind of party)."""
-        raise NotImplementedError
 
     def erase_at_parties(self, pids) -> dict[str, dict]:
         """An erasure's data deletion: every party holding rows of ``pids`` is asked to

@@ -83,7 +83,7 @@ class TrainingParty(PSIParticipant):
     def _expect(self, msg: Message, *senders: str) -> None:
         """Threat model: only the listed senders may send this kind of message."""
         if msg.sender not in senders:
-            raise ProtocolError(
+            raise UnexpectedSenderError(
                 f"{self.name!r} refuses {msg.kind!r} from {msg.sender!r}: only "
                 f"{sorted(senders)} may send it in this protocol"
             )
