@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vfl.core.errors import PartyDropoutError, PartyUnavailableError
+from vfl.core.errors import PartyDropoutError, PartyUnavailableError, ProtocolError
 from vfl.core.messages import COORDINATOR, Label, Message
 from vfl.core.transport import Transport
 
@@ -76,31 +76,100 @@ class Coordinator:
         """Deliver ``messages``, route party-to-party replies on, and collect the replies
         addressed to the coordinator; failures are handled by ``policy`` (default: this
         coordinator's)."""
+        return self.pipeline([messages], policy=policy)
+
+    def pipeline(
+        self,
+        phases: list[list[Message]],
+        *,
+        final_kinds: frozenset[str] | set[str] = frozenset(),
+        policy: FailurePolicy | None = None,
+        on_back: Callable[[Message], None] | None = None,
+    ) -> Routed:
+        """Route several protocol phases as if :meth:`route` were called on each in turn,
+        in fewer network round trips.
+
+        Messages travel in *waves*: every message of a wave is handed to the transport at
+        once (a networked transport sends one bundle per receiver), and the replies form the
+        next wave. A wave is the breadth-first order of :meth:`route`'s queue, so each party
+        receives its messages in the same order as from sequential routing, and a party's
+        state depends only on the messages it receives.
+
+        ``final_kinds`` are message kinds whose handlers answer only the coordinator (a
+        passive applying its update, the active party storing an embedding): when a wave
+        holds only such messages, nothing that follows from it can reach a party, so the next
+        phase's messages join the same wave. That is what lets one message carry a round's
+        backward step and the next round's forward request. A final kind whose handler
+        answers a party breaks that assumption and raises :class:`ProtocolError`.
+        ``on_back`` sees each coordinator-bound reply as it arrives (progress)."""
         policy = self.policy if policy is None else policy
         out = Routed()
-        queue = deque(messages)
-        while queue:
-            msg = queue.popleft()
-            if msg.receiver == COORDINATOR:
-                out.back.append(self.transport.send_to_coordinator(msg))
-                continue
-            try:
-                replies = self.transport.deliver(msg)
-            except PartyUnavailableError as exc:
-                if policy.dropouts == "abort":
-                    raise PartyDropoutError(
-                        f"party {msg.receiver!r} dropped out during {msg.kind!r}: {exc}. "
-                        "Nothing was committed; restart the protocol when it is back, or "
-                        "leave it out."
-                    ) from exc
-                out.dropped.append(msg.receiver)
-                continue
-            except policy.refusals as exc:
-                out.rejected[policy.blame(msg, exc)] = exc
-                continue
-            out.delivered.append((msg.receiver, msg.kind))
-            queue.extend(replies)
+        pending = deque(list(p) for p in phases)
+        wave: list[Message] = []
+        while wave or pending:
+            if not wave:
+                wave = pending.popleft()
+            while pending and all(
+                m.receiver == COORDINATOR or m.kind in final_kinds for m in wave
+            ):
+                wave = wave + pending.popleft()
+            batch = []
+            for msg in wave:
+                if msg.receiver == COORDINATOR:
+                    self._back(msg, out, on_back)
+                else:
+                    batch.append(msg)
+            wave = []
+            for msg, outcome in zip(batch, self._deliver(batch, policy)):
+                if isinstance(outcome, PartyUnavailableError):
+                    if policy.dropouts == "abort":
+                        raise PartyDropoutError(
+                            f"party {msg.receiver!r} dropped out during {msg.kind!r}: "
+                            f"{outcome}. Nothing was committed; restart the protocol when it "
+                            "is back, or leave it out."
+                        ) from outcome
+                    out.dropped.append(msg.receiver)
+                    continue
+                if isinstance(outcome, Exception):
+                    if isinstance(outcome, policy.refusals):
+                        out.rejected[policy.blame(msg, outcome)] = outcome
+                        continue
+                    raise outcome
+                if msg.kind in final_kinds and any(r.receiver != COORDINATOR for r in outcome):
+                    raise ProtocolError(
+                        f"{msg.kind!r} was declared final (its handler answers only the "
+                        f"coordinator) but {msg.receiver!r} answered a party; route it "
+                        "without pipelining"
+                    )
+                out.delivered.append((msg.receiver, msg.kind))
+                wave.extend(outcome)
         return out
+
+    def _back(self, msg: Message, out: Routed, on_back) -> None:
+        received = self.transport.send_to_coordinator(msg)
+        out.back.append(received)
+        if on_back is not None:
+            on_back(received)
+
+    def _deliver(self, batch: list[Message], policy: FailurePolicy) -> list:
+        """Per message, the receiver's replies or the exception it raised. A transport with
+        ``deliver_many`` (a networked engine) gets the whole wave at once; otherwise messages
+        are delivered one by one and an exception the policy does not handle stops the wave
+        where it happened."""
+        if not batch:
+            return []
+        deliver_many = getattr(self.transport, "deliver_many", None)
+        if deliver_many is not None:
+            return deliver_many(batch)
+        outcomes: list = []
+        for msg in batch:
+            try:
+                outcomes.append(self.transport.deliver(msg))
+            except (PartyUnavailableError, *policy.refusals) as exc:
+                outcomes.append(exc)
+                if isinstance(exc, PartyUnavailableError) and policy.dropouts == "abort":
+                    break  # nothing after an aborting drop-out is delivered
+        return outcomes
 
     def exchange(self, messages: list[Message]) -> list[Message]:
         """Deliver ``messages``; route party-to-party replies; return coordinator-bound ones."""

@@ -175,9 +175,9 @@ class CheckpointingTrainer(SplitTrainer):
             self.fresh()
         return super().fit(resume_from=resume_from, **kw)
 
-    def run_round(self, r: int) -> float:
+    def run_rounds(self, rounds, on_done=None) -> dict[int, float]:
         self.fresh()
-        return super().run_round(r)
+        return super().run_rounds(rounds, on_done)
 
     def evaluate(self, split: str = "test", *, with_scores: bool = False) -> dict:
         self.fresh()

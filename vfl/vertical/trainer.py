@@ -38,6 +38,22 @@ from vfl.vertical.config import TrainConfig
 from vfl.vertical.federation import Federation
 from vfl.vertical.source_layer import plaintext_view
 
+#: Message kinds whose handlers answer only the coordinator (storing an embedding at the
+#: active party, applying an update at a passive). A wave of only these lets the next phase
+#: ride along (:meth:`~vfl.core.coordinator.Coordinator.pipeline`): on a networked engine a
+#: round's backward step and the next round's forward request reach a passive in one bundle.
+FINAL_KINDS = frozenset(
+    {
+        "train.embedding",
+        "train.enc_embedding",
+        "train.cut_gradient",
+        "train.enc_update",
+        "train.masked_gradient_plain",
+        "predict.embedding",
+        "predict.enc_embedding",
+    }
+)
+
 #: Fewer aligned rows than this cannot give a model and a held-out metric worth reporting.
 MIN_ALIGNED_ROWS = 10
 
@@ -154,15 +170,45 @@ class SplitTrainer(SetupOnce):
     def steps_per_epoch(self) -> int:
         return max(1, -(-self.n_train // self.config.batch_size))
 
-    def run_round(self, r: int) -> float:
+    def round_phases(self, r: int) -> list[list]:
+        """Round ``r``'s two phases: the passives' forward requests, then the active party's
+        step (which answers the passives with their update and the coordinator with the
+        loss)."""
         fed, c = self.federation, self.coordinator
-        c.exchange([c.request(p, "train.forward", round=r) for p in fed.passives])
-        replies = c.exchange([c.request(fed.active, "train.step", round=r)])
-        done = [m for m in replies if m.kind == "train.round_done"]
-        acks = {m.sender for m in replies if m.kind == "train.ack"}
-        if len(done) != 1 or acks != set(fed.passives):
-            raise ProtocolError(f"round {r} did not complete at every party")
-        return float(done[0].payload["loss"])
+        return [
+            [c.request(p, "train.forward", round=r) for p in fed.passives],
+            [c.request(fed.active, "train.step", round=r)],
+        ]
+
+    def run_rounds(self, rounds, on_done=None) -> dict[int, float]:
+        """Run ``rounds`` (consecutive) as one pipeline; per round its loss. ``on_done(r,
+        loss)`` is called as each round completes."""
+        fed = self.federation
+        rounds = list(rounds)
+        phases = [phase for r in rounds for phase in self.round_phases(r)]
+        losses: dict[int, float] = {}
+        acks: dict[int, set] = {r: set() for r in rounds}
+
+        def seen(m) -> None:
+            if m.kind == "train.round_done" and m.round in acks:
+                if m.round in losses:
+                    raise ProtocolError(f"round {m.round} was reported done twice")
+                losses[m.round] = float(m.payload["loss"])
+            elif m.kind == "train.ack" and m.round in acks:
+                acks[m.round].add(m.sender)
+            else:
+                return
+            if m.round in losses and acks[m.round] == set(fed.passives) and on_done:
+                on_done(m.round, losses[m.round])
+
+        self.coordinator.pipeline(phases, final_kinds=FINAL_KINDS, on_back=seen)
+        for r in rounds:
+            if r not in losses or acks[r] != set(fed.passives):
+                raise ProtocolError(f"round {r} did not complete at every party")
+        return losses
+
+    def run_round(self, r: int) -> float:
+        return self.run_rounds([r])[r]
 
     def snapshot(self, r: int, loss: float) -> RoundRecord:
         fed = self.federation
@@ -201,9 +247,17 @@ class SplitTrainer(SetupOnce):
         history = TrainHistory()
         t0 = time.perf_counter()
         last = self.n_rounds - 1 if stop_after is None else min(stop_after, self.n_rounds - 1)
+        per_round = on_round_end is not None or eval_every_epoch
         with progress_bar(description, total=self.n_rounds, enabled=progress) as bar:
             bar.advance(start)
-            for r in range(start, last + 1):
+            if not per_round:
+                # Nothing is observed between rounds: the whole run is one pipeline, so a
+                # networked engine sends one bundle per party per round.
+                for r, loss in sorted(
+                    self.run_rounds(range(start, last + 1), lambda r, _: bar.advance(1)).items()
+                ):
+                    history.record({"round": r, "loss": loss})
+            for r in range(start, last + 1) if per_round else ():
                 loss = self.run_round(r)
                 history.record({"round": r, "loss": loss})
                 if on_round_end is not None:
@@ -233,10 +287,13 @@ class SplitTrainer(SetupOnce):
                 "evaluate another split"
             )
         fed, c = self.federation, self.coordinator
-        c.exchange([c.request(p, "predict.forward", {"split": split}) for p in fed.passives])
-        (reply,) = c.exchange(
-            [c.request(fed.active, "eval.run", {"split": split, "with_scores": with_scores})]
-        )
+        (reply,) = c.pipeline(
+            [
+                [c.request(p, "predict.forward", {"split": split}) for p in fed.passives],
+                [c.request(fed.active, "eval.run", {"split": split, "with_scores": with_scores})],
+            ],
+            final_kinds=FINAL_KINDS,
+        ).back
         out = dict(reply.payload)
         if with_scores:
             out["scores"] = np.asarray(out["scores"])
@@ -275,6 +332,11 @@ class SplitTrainer(SetupOnce):
         """Scores for ``ids`` (rows every party holds); only embeddings cross."""
         fed, c = self.federation, self.coordinator
         ids = [str(i) for i in ids]
-        c.exchange([c.request(p, "predict.forward", {"ids": ids}) for p in fed.passives])
-        (reply,) = c.exchange([c.request(fed.active, "predict.run", {"ids": ids})])
+        (reply,) = c.pipeline(
+            [
+                [c.request(p, "predict.forward", {"ids": ids}) for p in fed.passives],
+                [c.request(fed.active, "predict.run", {"ids": ids})],
+            ],
+            final_kinds=FINAL_KINDS,
+        ).back
         return np.asarray(reply.payload["scores"])
