@@ -39,6 +39,7 @@ LAYERS = {
     "vfl.datasets": "vfl.datasets",
     "vfl.vertical": "vfl.vertical",
     "vfl.attacks": "vfl.attacks",
+    "vfl.deploy": "vfl.deploy",
     "horizontal": "horizontal",
     "unlearning": "unlearning",
     "scenarios": "scenarios",
@@ -59,10 +60,14 @@ ALLOWED = {
     # (vfl.crypto.EncryptedArray) and dual coefficients (vfl.vertical.source_layer).
     "vfl.attacks": {"vfl.core", "vfl.crypto", "vfl.vertical"},
     "unlearning": {"vfl.core"},
+    # The Flower deployment is engine glue: it reaches the vertical and horizontal code only
+    # through the jobs and party factories it names (vfl.deploy.serverapp.JOBS, node.FACTORIES).
+    "vfl.deploy": {"vfl.core"},
     # The public API re-exports the vfl subpackages; never horizontal, unlearning, scenarios.
     "vfl (public API)": {*_ENGINES, "vfl.vertical", "vfl.attacks"},
     "scenarios": {
-        "vfl (public API)", *_ENGINES, "vfl.vertical", "vfl.attacks", "horizontal", "unlearning",
+        "vfl (public API)", *_ENGINES, "vfl.vertical", "vfl.attacks", "vfl.deploy", "horizontal",
+        "unlearning",
     },
 }
 

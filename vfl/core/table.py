@@ -216,6 +216,23 @@ class PartyTable:
         return cls(ids, feats, tuple(columns), labels, label_name, imputed)
 
     # -- operations -----------------------------------------------------------------------
+    def to_frame(self, id_column: str = "id"):
+        """The table as a pandas DataFrame (ids, features, then the label if any): what
+        :meth:`from_frame` reads back to an equal table."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.features, columns=list(self.columns))
+        frame.insert(0, id_column, np.asarray(self.ids, dtype=object))
+        if self.labels is not None:
+            frame[self.label_name or "label"] = self.labels
+        return frame
+
+    def to_csv(self, path: str | Path, id_column: str = "id") -> Path:
+        """Write the table as CSV (floats to their shortest exact repr: lossless)."""
+        path = Path(path)
+        self.to_frame(id_column).to_csv(path, index=False, float_format=None)
+        return path
+
     def rows(self, ids: Sequence) -> PartyTable:
         """The rows for ``ids``, in that order (every id must be present)."""
         index = self._position

@@ -19,6 +19,9 @@ class TranscriptEntry:
     round: int | None
     label_dependent: bool
     bytes: int
+    # The payload crossed sealed end to end (vfl.core.sealing): whoever routed it (the
+    # coordinator, a networked engine) saw the header and the size only.
+    sealed: bool = False
 
 
 class Transcript:

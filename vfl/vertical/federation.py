@@ -34,6 +34,19 @@ class Federation:
         self.alignment: PSIResult | None = None
 
     @classmethod
+    def over(cls, transport, active: str, passives: list[str]) -> Federation:
+        """A federation whose parties live elsewhere (a deployment: each on its own node),
+        reached only through ``transport``. Party-local reads (snapshots, parameters) are
+        not available here; each party saves its own model."""
+        fed = cls.__new__(cls)
+        fed.transport = transport
+        fed.coordinator = Coordinator(transport)
+        fed.parties = {}
+        fed.active, fed.passives = active, list(passives)
+        fed.alignment = None
+        return fed
+
+    @classmethod
     def from_tables(
         cls,
         tables: Mapping[str, PartyTable],

@@ -1,0 +1,161 @@
+"""One organization's node: its party host and its Flower SuperNode, started together.
+
+``vfl deploy node`` (or ``python -m vfl.deploy.node``) loads the organization's own data,
+builds its party (everything about it comes from this command line: the data file, the id
+and label columns, the security policy; nothing from the wire), starts the party host on a
+private Unix socket and then ``flower-supernode`` with that socket in its ``--node-config``.
+It stops both when either stops or on Ctrl-C / SIGTERM.
+
+A bad data path, id column or label column fails here, before the node connects, with the
+data error naming the file; nothing is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from vfl.core.errors import ConfigError
+from vfl.deploy.host import PartyHost
+
+#: Mode -> ``module:function(options) -> (party, save)``; ``save(party, out_dir) -> dict``.
+FACTORIES = {
+    "vertical": "vfl.vertical.deployed:make_party",
+    "horizontal": "horizontal.deployed:make_client",
+}
+
+
+def party_factory(mode: str):
+    try:
+        ref = FACTORIES[mode]
+    except KeyError:
+        raise ConfigError(f"unknown mode {mode!r}; known: {sorted(FACTORIES)}") from None
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def parse_peer_keys(items: list[str]) -> dict[str, bytes]:
+    out = {}
+    for item in items or []:
+        name, sep, hexkey = item.partition("=")
+        try:
+            key = bytes.fromhex(hexkey)
+        except ValueError:
+            key = b""
+        if not sep or not name or len(key) != 32:
+            raise ConfigError(
+                f"--peer-key {item!r}: expected NAME=HEX with the 64 hex digits another node "
+                "printed as its key at start"
+            )
+        out[name] = key
+    return out
+
+
+def supernode_command(args, socket_path: Path) -> list[str]:
+    exe = shutil.which("flower-supernode", path=_bin_path())
+    if exe is None:
+        raise ConfigError(
+            "flower-supernode is not installed here: pip install 'vfl[flower]' in this "
+            "environment"
+        )
+    node_config = f"socket='{socket_path}' party='{args.party}'"
+    cmd = [exe, "--superlink", args.superlink, "--port", str(args.port),
+           "--node-config", node_config]
+    if args.insecure:
+        cmd.append("--insecure")
+    else:
+        if not args.root_certificates:
+            raise ConfigError(
+                "give --root-certificates CA.pem (the CA that signed the SuperLink's "
+                "certificate), or --insecure for a local test without TLS"
+            )
+        if not Path(args.root_certificates).is_file():
+            raise ConfigError(f"--root-certificates {args.root_certificates}: no such file")
+        cmd += ["--root-certificates", str(args.root_certificates)]
+    return cmd
+
+
+def _bin_path() -> str:
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(
+        prog="vfl deploy node", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--mode", choices=sorted(FACTORIES), default="vertical")
+    p.add_argument("--party", required=True, help="this organization's party name")
+    p.add_argument("--data", required=True, help="its CSV or Parquet file")
+    p.add_argument("--id-column", required=True, help="the patient identifier column")
+    p.add_argument("--label-column", default=None,
+                   help="the label column (vertical: only the active party has one)")
+    p.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink Fleet address")
+    p.add_argument("--root-certificates", default=None, help="CA certificate (PEM) for TLS")
+    p.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
+    p.add_argument("--port", type=int, default=9094, help="the SuperNode's local API port")
+    p.add_argument("--socket", default=None, help="party host socket (default: a private "
+                   "temporary directory)")
+    p.add_argument("--out", default=None, help="where this party writes its trained model")
+    p.add_argument("--peer-key", action="append", default=[],
+                   help="NAME=HEX: pin another party's sealing key out of band (repeatable)")
+    p.add_argument("--protocols", default=None,
+                   help="vertical: comma-separated protocols this party accepts")
+    p.add_argument("--min-key-bits", type=int, default=2048,
+                   help="vertical: shortest Paillier key this party accepts")
+    p.add_argument("--allow-insecure-test-key", action="store_true",
+                   help="vertical: accept keys under 2048 bits (tests only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_node(args)
+
+
+def run_node(args) -> int:
+    # Compiled XLA programs persist across the host's restarts (same shapes, same code).
+    cache = Path(args.out or tempfile.gettempdir()) / "jax-cache"
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    peer_keys = parse_peer_keys(args.peer_key)
+    party, save = party_factory(args.mode)(vars(args))  # data errors stop us here
+    private = Path(tempfile.mkdtemp(prefix=f"vfl-{args.party}-"))
+    socket_path = Path(args.socket) if args.socket else private / "party.sock"
+    command = supernode_command(args, socket_path)
+    host = PartyHost(party, out_dir=args.out, peer_keys=peer_keys, save=save)
+    ready, stop = threading.Event(), threading.Event()
+    server = threading.Thread(target=host.serve, args=(socket_path, ready, stop), daemon=True)
+    server.start()
+    ready.wait(10)
+    print(f"[{args.party}] party host on {socket_path}; sealing key "
+          f"{host.key.public_bytes.hex()}", flush=True)
+    env = dict(os.environ, PATH=_bin_path())
+    node = subprocess.Popen(command, env=env)
+
+    def shutdown(*_):
+        stop.set()
+        if node.poll() is None:
+            node.terminate()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    try:
+        code = node.wait()
+    finally:
+        shutdown()
+        server.join(5)
+        shutil.rmtree(private, ignore_errors=True)
+    return 0 if stop.is_set() else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Vertical training deployed across machines: the party each node builds, and the job the
+coordinator runs in Flower's ServerApp (:mod:`vfl.deploy`).
+
+The node side (:func:`make_party`) reads everything from the organization's own command
+line: its data file, id column, label column (only the active party has one) and security
+policy. The coordinator side (:func:`run_job`) is the same code as in one process: PSI
+(:func:`~vfl.psi.run_psi`), then :class:`~vfl.vertical.trainer.SplitTrainer` over a
+:meth:`Federation.over <vfl.vertical.federation.Federation.over>` the transport, then
+evaluation. Each party then saves its own state on its own machine (``deploy.save``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from vfl.core import wire
+from vfl.core.errors import ConfigError, DataFileError
+from vfl.core.fileio import atomic_write
+from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.rounds import state_tree
+from vfl.core.table import PartyTable
+from vfl.psi import run_psi
+from vfl.vertical.config import PROTOCOLS, SecurityPolicy, TrainConfig
+from vfl.vertical.federation import Federation
+from vfl.vertical.parties import ActiveParty, PassiveParty
+from vfl.vertical.trainer import SplitTrainer
+
+#: Name of the file a party writes its state to, in its own output directory.
+STATE_FILE = "state.msgpack"
+
+
+def load_table(path: str | Path, id_column: str, label_column: str | None) -> PartyTable:
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(
+            f"{path}: no such data file on this machine; give --data the path of this "
+            "organization's CSV or Parquet file"
+        )
+    read = PartyTable.from_parquet if path.suffix.lower() in (".parquet", ".pq") else (
+        PartyTable.from_csv
+    )
+    return read(path, id_column, label_column=label_column)
+
+
+def policy_from(options: dict) -> SecurityPolicy:
+    protocols = options.get("protocols")
+    return SecurityPolicy(
+        protocols=tuple(p.strip() for p in protocols.split(",")) if protocols else PROTOCOLS,
+        min_key_bits=int(options.get("min_key_bits") or 2048),
+        allow_insecure_test_key=bool(options.get("allow_insecure_test_key")),
+    )
+
+
+def make_party(options: dict):
+    """The party a node serves, and how it saves its state (``deploy.save``)."""
+    table = load_table(options["data"], options["id_column"], options.get("label_column"))
+    policy = policy_from(options)
+    name = options["party"]
+    party = (ActiveParty if table.has_labels else PassiveParty)(name, table, policy=policy)
+    return party, save_state
+
+
+def save_state(party, out_dir: Path) -> dict:
+    """Write the party's state (parameters, optimizer state; the key holder's includes its
+    private key: its own) to its own disk; say where and its digest."""
+    data = wire.dumps(state_tree(party.snapshot()))
+    path = Path(out_dir) / STATE_FILE
+    atomic_write(path, data)
+    return {"file": str(path), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def load_state(path: str | Path) -> dict:
+    """A state file :func:`save_state` wrote, as a tree (for auditors and tests)."""
+    return wire.loads(Path(path).read_bytes())
+
+
+def run_job(transport, config: dict, log=print) -> dict:
+    """PSI, training and evaluation over ``transport``; the parties save their states.
+
+    ``config``: ``parties`` (active first or ``active`` named), ``train`` (a
+    :class:`TrainConfig` as JSON), optional ``evaluate`` (splits, default ``["test"]``)."""
+    parties = list(config["parties"])
+    active = config.get("active", parties[0])
+    if active not in parties:
+        raise ConfigError(f"active party {active!r} is not among the parties {parties}")
+    train = TrainConfig.from_json(config["train"])
+    if not train.is_portable:
+        raise ConfigError(
+            "a deployed run needs a training config that JSON can carry (named models and "
+            "optimizers); register custom modules with register_model/register_optimizer"
+        )
+    fed = Federation.over(transport, active, [p for p in parties if p != active])
+    log(f"aligning {len(parties)} parties by PSI")
+    alignment = run_psi(fed.coordinator, fed.names)
+    log(f"aligned {alignment.size} patients ({transport.round_trips} round trips so far)")
+    fed.alignment = alignment
+    trainer = SplitTrainer(fed, train)
+    trainer.ensure_setup()
+    n = trainer.n_rounds
+    log(f"training: {n} rounds, protocol {train.protocol} ({transport.round_trips} round "
+        "trips so far)")
+    every = max(1, n // 10)
+
+    def done(r: int, loss: float) -> None:
+        if (r + 1) % every == 0 or r + 1 == n:
+            log(f"round {r + 1}/{n}: loss {loss:.5f}")
+
+    losses = trainer.run_rounds(range(n), on_done=done)
+    log(f"trained ({transport.round_trips} round trips so far)")
+    metrics = {}
+    for split in config.get("evaluate", ["test"]):
+        metrics[split] = trainer.evaluate(split)["metrics"]
+        log(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()
+                                     if isinstance(v, float)))
+    saved = {}
+    for m, outcome in zip(parties, transport.deliver_many(
+        [Message(COORDINATOR, p, "deploy.save", Label.PUBLIC, {}) for p in parties],
+        raise_errors=True,
+    )):
+        (reply,) = outcome
+        saved[m] = dict(reply.payload)
+    return {
+        "aligned": int(alignment.size),
+        "rounds": n,
+        "losses": [losses[r] for r in range(n)],
+        "metrics": metrics,
+        "saved": saved,
+    }
