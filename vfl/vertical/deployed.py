@@ -64,10 +64,19 @@ def make_party(options: dict):
 def save_state(party, out_dir: Path) -> dict:
     """Write the party's state (parameters, optimizer state; the key holder's includes its
     private key: its own) to its own disk; say where and its digest."""
-    data = wire.dumps(state_tree(party.snapshot()))
+    data = wire.dumps(_str_keys(state_tree(party.snapshot())))
     path = Path(out_dir) / STATE_FILE
     atomic_write(path, data)
     return {"file": str(path), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _str_keys(tree):
+    # Flax trees may key layers by int; the wire format keeps map keys as strings.
+    if isinstance(tree, dict):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_str_keys(v) for v in tree]
+    return tree
 
 
 def load_state(path: str | Path) -> dict:
