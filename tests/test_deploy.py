@@ -348,3 +348,31 @@ def test_pipelining_refuses_a_final_kind_that_answers_a_party():
     c = Coordinator(t)
     with pytest.raises(ProtocolError, match="declared final"):
         c.pipeline([[c.request("a", "x")]], final_kinds={"x"})
+
+
+def test_an_erasure_reaches_every_node_and_the_replay_equals_a_retrain(actg_files, tmp_path):
+    ds, files = actg_files
+    config = _config("plain")
+    hospital = deployed.load_table(files["hospital"], "id", ds.tables["hospital"].label_name)
+    lab = deployed.load_table(files["lab"], "id", None)
+    gone = sorted(set(map(str, hospital.ids)) & set(map(str, lab.ids)))[:7] + ["pt-nobody"]
+    tables = {n: deployed.load_table(files[n], "id", ds.tables[n].label_name).without(gone)
+              for n in files}
+    trainer = SplitTrainer.from_tables(tables, ds.active, config)
+    losses = list(trainer.fit(progress=False).loss)
+    metrics = trainer.evaluate("test")["metrics"]
+
+    grid, _ = _grid(ds, files, tmp_path)
+    transport = FlowerTransport(grid, poll_interval=0.001, log=lambda s: None)
+    try:
+        transport.connect(list(ds.tables))
+        result = deployed.run_job(transport, {"parties": list(ds.tables),
+                                              "train": config.to_json(), "erase": gone},
+                                  log=lambda s: None)
+    finally:
+        grid.close()
+    assert result["erased"]["hospital"]["deleted"] == 7 and result["erased"]["lab"]["deleted"] == 7
+    assert result["erased"]["hospital"]["rows_left"] == hospital.n_rows - 7
+    assert result["losses"] == losses and result["metrics"]["test"] == metrics
+    erase_entries = [e for e in transport.transcript if e.kind == "data.erase"]
+    assert sorted(e.receiver for e in erase_entries) == sorted(ds.tables)

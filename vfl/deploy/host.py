@@ -21,7 +21,9 @@ What the host adds around the party, and nothing else:
 * sealing: every party-to-party message it sends is sealed for its receiver, every one it
   receives must be sealed by its claimed sender (which is what authenticates the sender);
 * ``deploy.save`` (coordinator): the party writes its own trained parameters to its own
-  output directory (the model stays with the party).
+  output directory (the model stays with the party);
+* ``deploy.profile`` (coordinator): where this host's time went (public: seconds decoding
+  bundles, opening and sealing payloads, in the party's handlers, encoding outcomes).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +49,7 @@ from vfl.deploy.envelope import (
     seal,
 )
 
-HELLO, KEYS, SAVE = "deploy.hello", "deploy.keys", "deploy.save"
+HELLO, KEYS, SAVE, PROFILE = "deploy.hello", "deploy.keys", "deploy.save", "deploy.profile"
 #: The receiver of a ``deploy.hello``: the coordinator does not yet know who a node is.
 ANY = "<any node>"
 _FRAME = struct.Struct(">Q")
@@ -97,12 +100,23 @@ class PartyHost:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._save = save
         self._lock = threading.Lock()  # one bundle at a time: the party is not thread-safe
+        self.profile = {"bundles": 0, "decode": 0.0, "open": 0.0, "handle": 0.0, "seal": 0.0,
+                        "encode": 0.0}
 
     # -- one bundle ------------------------------------------------------------------------
     def handle_bundle(self, data: bytes) -> bytes:
         with self._lock:
+            t0 = time.perf_counter()
             messages = decode_bundle(data)
-            return encode_outcomes([self._outcome(m) for m in messages])
+            t1 = time.perf_counter()
+            outcomes = [self._outcome(m) for m in messages]
+            t2 = time.perf_counter()
+            out = encode_outcomes(outcomes)
+            prof = self.profile
+            prof["bundles"] += 1
+            prof["decode"] += t1 - t0
+            prof["encode"] += time.perf_counter() - t2
+            return out
 
     def _outcome(self, message: Message) -> list[Message] | Exception:
         try:
@@ -113,13 +127,21 @@ class PartyHost:
                     f"{self.name!r} received a message for {message.receiver!r}; the engine "
                     "routed it to the wrong node"
                 )
-            if message.kind in (HELLO, KEYS, SAVE):
+            if message.kind in (HELLO, KEYS, SAVE, PROFILE):
                 return self._control(message)
+            t0 = time.perf_counter()
             if is_party_to_party(message):
                 message = open_sealed(message, self.key, self.pinned)
+            t1 = time.perf_counter()
             replies = self.party.handle(message) or []
-            return [seal(r, self.key, self.pinned) if is_party_to_party(r) else r
-                    for r in replies]
+            t2 = time.perf_counter()
+            out = [seal(r, self.key, self.pinned) if is_party_to_party(r) else r
+                   for r in replies]
+            prof = self.profile
+            prof["open"] += t1 - t0
+            prof["handle"] += t2 - t1
+            prof["seal"] += time.perf_counter() - t2
+            return out
         except Exception as exc:  # travels back as its class name and text
             return exc
 
@@ -133,6 +155,8 @@ class PartyHost:
             payload = {"party": self.name, "public_key": self.key.public_bytes}
         elif message.kind == KEYS:
             payload = self._pin(message.payload.get("keys"))
+        elif message.kind == PROFILE:
+            payload = dict(self.profile)
         else:
             payload = self._save_parameters()
         return [Message(self.name, COORDINATOR, message.kind, Label.PUBLIC, payload)]

@@ -7,7 +7,8 @@ private Unix socket and then ``flower-supernode`` with that socket in its ``--no
 It stops both when either stops or on Ctrl-C / SIGTERM.
 
 A bad data path, id column or label column fails here, before the node connects, with the
-data error naming the file; nothing is started.
+data error naming the file; so does a SuperLink that does not answer or whose certificate the
+given CA does not verify (:mod:`vfl.deploy.preflight`). Nothing is started then.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from vfl.core.errors import ConfigError
+from vfl.core.errors import ConfigError, VFLError
 from vfl.deploy.host import PartyHost
+from vfl.deploy.preflight import check_superlink
 
 #: Mode -> ``module:function(options) -> (party, save)``; ``save(party, out_dir) -> dict``.
 FACTORIES = {
@@ -118,7 +120,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_node(args)
+    try:
+        return run_node(args)
+    except VFLError as exc:  # bad data, a wrong address or certificate: say it, start nothing
+        print(f"vfl deploy node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_node(args) -> int:
@@ -128,6 +134,7 @@ def run_node(args) -> int:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     peer_keys = parse_peer_keys(args.peer_key)
     party, save = party_factory(args.mode)(vars(args))  # data errors stop us here
+    check_superlink(args.superlink, None if args.insecure else args.root_certificates)
     private = Path(tempfile.mkdtemp(prefix=f"vfl-{args.party}-"))
     socket_path = Path(args.socket) if args.socket else private / "party.sock"
     command = supernode_command(args, socket_path)

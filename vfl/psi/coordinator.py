@@ -146,11 +146,12 @@ def _run(coordinator, names, session, progress, workers) -> tuple[int, str]:
         )
     digest = digests[names[0]]
 
-    # Commit one party at a time, so a drop-out is noticed before the next commit; the abort
-    # in run_psi revokes the commits that were already delivered.
-    acks = []
-    for n in names:
-        msg = coordinator.request(n, "psi.commit", {"session": session, "digest": digest})
-        acks += coordinator.exchange([msg])
+    # Commit every party in one wave (one network round trip). A party that drops out here
+    # raises PartyDropoutError; the abort in run_psi then revokes the commits that were
+    # delivered, so no party keeps an alignment from this run.
+    acks = coordinator.exchange([
+        coordinator.request(n, "psi.commit", {"session": session, "digest": digest})
+        for n in names
+    ])
     _collect(acks, "psi.ack", names, session, "sender")
     return len(common), digest

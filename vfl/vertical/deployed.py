@@ -12,13 +12,14 @@ evaluation. Each party then saves its own state on its own machine (``deploy.sav
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 from vfl.core import wire
 from vfl.core.errors import ConfigError, DataFileError
 from vfl.core.fileio import atomic_write
 from vfl.core.messages import COORDINATOR, Label, Message
-from vfl.core.rounds import state_tree
+from vfl.core.rounds import request_erasure, state_tree
 from vfl.core.table import PartyTable
 from vfl.psi import run_psi
 from vfl.vertical.config import PROTOCOLS, SecurityPolicy, TrainConfig
@@ -84,11 +85,23 @@ def load_state(path: str | Path) -> dict:
     return wire.loads(Path(path).read_bytes())
 
 
+def ask_parties(transport, parties: list[str], kind: str) -> dict[str, dict]:
+    """A deployment control request (``deploy.save``, ``deploy.profile``) to every party, in
+    one wave; per party its (public) answer."""
+    replies = transport.deliver_many(
+        [Message(COORDINATOR, p, kind, Label.PUBLIC, {}) for p in parties], raise_errors=True
+    )
+    return {p: dict(r[0].payload) for p, r in zip(parties, replies)}
+
+
 def run_job(transport, config: dict, log=print) -> dict:
     """PSI, training and evaluation over ``transport``; the parties save their states.
 
     ``config``: ``parties`` (active first or ``active`` named), ``train`` (a
-    :class:`TrainConfig` as JSON), optional ``evaluate`` (splits, default ``["test"]``)."""
+    :class:`TrainConfig` as JSON), optional ``evaluate`` (splits, default ``["test"]``) and
+    ``erase`` (patient ids every party deletes before alignment: an exact erasure replayed
+    as a retrain through the deployment; every party learns the pseudonymous ids asked
+    for, including parties that do not hold them)."""
     parties = list(config["parties"])
     active = config.get("active", parties[0])
     if active not in parties:
@@ -100,6 +113,14 @@ def run_job(transport, config: dict, log=print) -> dict:
             "optimizers); register custom modules with register_model/register_optimizer"
         )
     fed = Federation.over(transport, active, [p for p in parties if p != active])
+    erased = {}
+    if config.get("erase"):
+        # An erasure request reaches every party's node as data.erase; each deletes the rows
+        # it holds and acknowledges (public counts and the digest of the ids it keeps). The
+        # replay is an exact retrain, through the same deployment, from alignment on.
+        ids = [str(i) for i in config["erase"]]
+        erased = request_erasure(fed.coordinator, {p: ids for p in parties})
+        log("erased at " + ", ".join(f"{p} ({a['deleted']} rows)" for p, a in erased.items()))
     log(f"aligning {len(parties)} parties by PSI")
     alignment = run_psi(fed.coordinator, fed.names)
     log(f"aligned {alignment.size} patients ({transport.round_trips} round trips so far)")
@@ -115,21 +136,20 @@ def run_job(transport, config: dict, log=print) -> dict:
         if (r + 1) % every == 0 or r + 1 == n:
             log(f"round {r + 1}/{n}: loss {loss:.5f}")
 
+    t0 = time.perf_counter()
     losses = trainer.run_rounds(range(n), on_done=done)
+    train_seconds = time.perf_counter() - t0
     log(f"trained ({transport.round_trips} round trips so far)")
     metrics = {}
     for split in config.get("evaluate", ["test"]):
         metrics[split] = trainer.evaluate(split)["metrics"]
         log(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()
                                      if isinstance(v, float)))
-    saved = {}
-    for m, outcome in zip(parties, transport.deliver_many(
-        [Message(COORDINATOR, p, "deploy.save", Label.PUBLIC, {}) for p in parties],
-        raise_errors=True,
-    )):
-        (reply,) = outcome
-        saved[m] = dict(reply.payload)
+    saved = ask_parties(transport, parties, "deploy.save")
     return {
+        "train_seconds": train_seconds,
+        "profile": ask_parties(transport, parties, "deploy.profile"),
+        "erased": erased,
         "aligned": int(alignment.size),
         "rounds": n,
         "losses": [losses[r] for r in range(n)],
