@@ -376,3 +376,17 @@ def test_an_erasure_reaches_every_node_and_the_replay_equals_a_retrain(actg_file
     assert result["losses"] == losses and result["metrics"]["test"] == metrics
     erase_entries = [e for e in transport.transcript if e.kind == "data.erase"]
     assert sorted(e.receiver for e in erase_entries) == sorted(ds.tables)
+
+
+def test_the_clientapp_imports_no_jax_and_no_party_code():
+    """Flower starts the ClientApp afresh for every message: it must stay a thin forwarder
+    (no JAX import or compile, no key tables); the party lives in its host."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vfl.deploy.clientapp; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('jax', 'flax', 'optax', 'phe', 'gmpy2') or m.startswith('vfl.vertical')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

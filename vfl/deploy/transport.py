@@ -71,8 +71,8 @@ class FlowerTransport:
         self.round_trips = 0
         self.network_bytes = {"sent": 0, "received": 0}
         self.waits: list[float] = []  # seconds per wave, push to last reply
-        # Per node and wave: [pushed, clientapp process start, imports done, relay entered,
-        # host answered, reply pulled] (epoch seconds): where a round trip's time goes.
+        # Per node and wave: [wave, pushed, clientapp process start, imports done, relay
+        # entered, host answered, reply pulled] (epoch seconds): where a round trip's time goes.
         self.timings: list[list[float]] = []
 
     # -- setup -----------------------------------------------------------------------------
@@ -222,7 +222,8 @@ class FlowerTransport:
                 out[node] = self._read_reply(node, reply, len(by_node[node]))
                 if not reply.has_error() and TIMING in reply.content[RECORD]:
                     self.timings.append(
-                        [pushed_at, *map(float, reply.content[RECORD][TIMING]), time.time()]
+                        [self.round_trips, pushed_at, *map(float, reply.content[RECORD][TIMING]),
+                         time.time()]
                     )
             if not pushed:
                 break

@@ -85,6 +85,11 @@ def load_state(path: str | Path) -> dict:
     return wire.loads(Path(path).read_bytes())
 
 
+def transport_waves(transport) -> int:
+    """Waves the transport has sent so far (0 for a transport that does not count them)."""
+    return int(getattr(transport, "round_trips", 0))
+
+
 def ask_parties(transport, parties: list[str], kind: str) -> dict[str, dict]:
     """A deployment control request (``deploy.save``, ``deploy.profile``) to every party, in
     one wave; per party its (public) answer."""
@@ -131,14 +136,17 @@ def run_job(transport, config: dict, log=print) -> dict:
     log(f"training: {n} rounds, protocol {train.protocol} ({transport.round_trips} round "
         "trips so far)")
     every = max(1, n // 10)
+    finished: list[float] = []
 
     def done(r: int, loss: float) -> None:
+        finished.append(time.perf_counter())
         if (r + 1) % every == 0 or r + 1 == n:
             log(f"round {r + 1}/{n}: loss {loss:.5f}")
 
-    t0 = time.perf_counter()
+    t0, first_wave = time.perf_counter(), transport_waves(transport)
     losses = trainer.run_rounds(range(n), on_done=done)
     train_seconds = time.perf_counter() - t0
+    train_waves = [first_wave + 1, transport_waves(transport)]
     log(f"trained ({transport.round_trips} round trips so far)")
     metrics = {}
     for split in config.get("evaluate", ["test"]):
@@ -148,6 +156,10 @@ def run_job(transport, config: dict, log=print) -> dict:
     saved = ask_parties(transport, parties, "deploy.save")
     return {
         "train_seconds": train_seconds,
+        # When each round finished (seconds from the start of training) and which network
+        # waves carried training: what the deployment benchmark reads.
+        "round_finished": [t - t0 for t in finished],
+        "train_waves": train_waves,
         "profile": ask_parties(transport, parties, "deploy.profile"),
         "erased": erased,
         "aligned": int(alignment.size),
