@@ -90,11 +90,11 @@ def vertical_in_memory(tables, active, config) -> dict:
 
 def vertical_mode(protocol: str, quick: bool, workdir: Path, console: Console) -> dict:
     from vfl import load_dataset
-    from vfl.vertical.deployed import load_table
+    from vfl.core.table import PartyTable
 
     ds = load_dataset("actg320")
     files = {n: t.to_csv(workdir / f"{n}.csv") for n, t in ds.tables.items()}
-    tables = {n: load_table(files[n], "id", ds.tables[n].label_name) for n in files}
+    tables = {n: PartyTable.from_file(files[n], "id", ds.tables[n].label_name) for n in files}
     config = vertical_config(protocol, quick)
     console.print(f"vertical {protocol}: in memory")
     mem = vertical_in_memory(tables, ds.active, config)

@@ -68,22 +68,43 @@ class FederatedTrainer(SetupOnce):
                  server_factory=None):
         if not tables:
             raise EmptyRoundError("a federation needs at least one client table")
-        self.config = config
-        self.transport = transport if transport is not None else InMemoryTransport()
-        self.coordinator = Coordinator(self.transport)
-        self.executor = LocalExecutor(mode, max_chunk_bytes=max_chunk_bytes)
+        self._start(config, transport if transport is not None else InMemoryTransport(),
+                    LocalExecutor(mode, max_chunk_bytes=max_chunk_bytes), server_factory,
+                    columns if columns is not None else next(iter(tables.values())).columns)
         # ``client_factory(name, table, executor)`` and ``server_factory(name)`` let tests,
         # studies and the unlearning adapters plug in other behaviour (e.g. a Byzantine
         # client for the robust aggregators, slices for SISA).
-        self.server = (server_factory or FedServer)(SERVER)
         make = client_factory or HospitalClient
         self.clients = {n: make(n, t, self.executor) for n, t in tables.items()}
-        self.transport.register(self.server)
         for client in self.clients.values():
             self.transport.register(client)
-        self.columns = list(columns) if columns is not None else list(
-            next(iter(tables.values())).columns
-        )
+        self.invited = sorted(self.clients)
+
+    @classmethod
+    def over(cls, transport, clients: list[str], config: FedConfig, *, columns,
+             server_factory=None) -> FederatedTrainer:
+        """A federation whose clients live elsewhere (a deployment: each hospital on its own
+        node), reached only through ``transport``; the server is built here and registered
+        on it (``transport.register``), as in one process. ``columns`` is the agreed schema.
+        Party-local reads of the clients (:meth:`snapshot`, :meth:`restore`,
+        :meth:`setup_ids`) are not available here; each client keeps its own state."""
+        if not clients:
+            raise EmptyRoundError("a federation needs at least one client")
+        trainer = cls.__new__(cls)
+        # No local training runs here: the executor only receives the shape hints.
+        trainer._start(config, transport, LocalExecutor("loop"), server_factory, columns)
+        trainer.clients = {}
+        trainer.invited = sorted(clients)
+        return trainer
+
+    def _start(self, config, transport, executor, server_factory, columns) -> None:
+        self.config = config
+        self.transport = transport
+        self.coordinator = Coordinator(self.transport)
+        self.executor = executor
+        self.server = (server_factory or FedServer)(SERVER)
+        self.transport.register(self.server)
+        self.columns = list(columns)
         self.members: list[str] = []
         self.excluded: dict[str, str] = {}
         self.sizes: dict[str, dict] = {}
@@ -108,7 +129,7 @@ class FederatedTrainer(SetupOnce):
     # -- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
         payload = {"config": self.config.to_json(), "columns": self.columns,
-                   "clients": sorted(self.clients)}
+                   "clients": self.invited}
         routed = self._route([self._request(SERVER, "setup", payload)])
         self.excluded = {k: str(v) for k, v in routed.rejected.items()}
         back = self._route([self._request(SERVER, "setup.finish")]).back

@@ -42,11 +42,13 @@ from scenarios.vertical_runs import (
     saw_rows,
 )
 from vfl.core.tasks import Task
-from vfl.datasets import load_actg320
+from vfl.datasets import load
 from vfl.vertical.config import TrainConfig
 from vfl.vertical.models import ModelConfig
 
 NAME = "hospital_lab_pharmacy"
+#: The data set the scenario (and `vfl deploy local` / `job-config`) trains on.
+DATASET = "actg320"
 MODEL_NAMES = {
     "vfl": "vertical (3 parties)",
     "vfl_plain": "vertical, plain protocol",
@@ -71,31 +73,46 @@ def build_parser():
     return parser
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    out = output_dir(args, NAME)
-    t0 = time.perf_counter()
-    progress = not args.no_progress
-    dataset = load_actg320(seed=args.seed)
-    if args.bottom == "linear":
+def train_config(
+    protocol: str = "paillier",
+    *,
+    bottom: str = "linear",
+    epochs: int | None = None,
+    quick: bool = False,
+    seed: int = 0,
+) -> TrainConfig:
+    """The scenario's training configuration on ACTG 320: what ``main`` trains and what
+    ``vfl deploy job-config`` and ``vfl deploy local`` deploy (``epochs`` overrides the
+    schedule: 12 epochs, 4 with ``quick``)."""
+    if bottom == "linear":
         model = ModelConfig("linear", "sum")
-    elif args.protocol == "paillier":
+    elif protocol == "paillier":
         # Non-linear layers live in the hospital's top model; the lab and the pharmacy keep
         # linear source layers (the only kind the paillier protocol holds encrypted).
         model = ModelConfig("linear", "mlp", embed_dim=4, top_hidden=(16,))
     else:
         model = ModelConfig("mlp", "linear", hidden=(16,), embed_dim=4)
-    epochs = args.epochs or (4 if args.quick else 12)
-    config = TrainConfig(
+    return TrainConfig(
         Task("binary"),
         model,
-        epochs=epochs,
+        epochs=epochs or (4 if quick else 12),
         batch_size=128,
         learning_rate=0.5,
         optimizer="sgd",
-        seed=args.seed,
+        seed=seed,
         test_fraction=0.35,
-        protocol=args.protocol,
+        protocol=protocol,
+    )
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    out = output_dir(args, NAME)
+    t0 = time.perf_counter()
+    progress = not args.no_progress
+    dataset = load(DATASET, seed=args.seed)
+    config = train_config(
+        args.protocol, bottom=args.bottom, epochs=args.epochs, quick=args.quick, seed=args.seed
     )
     console.print(f"[bold]{NAME}[/]: {dataset.source}; parties {dataset.parties}")
     run = run_vertical_comparison(dataset.tables, dataset.active, config, progress=progress)

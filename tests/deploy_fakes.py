@@ -54,6 +54,7 @@ class FakeGrid:
         self._stops: dict[int, threading.Event] = {}
         self._inbox: dict[str, FakeMessage] = {}
         self.silent: set[int] = set()  # nodes that take messages but never answer
+        self.stopped: set[int] = set()
         self.reply_as: dict[int, int] = {}  # node -> node id its replies claim to come from
         self.pushed: list[tuple[int, bytes]] = []
         self._dir = Path(tempfile.mkdtemp(prefix="vfl-fakegrid-"))
@@ -68,9 +69,11 @@ class FakeGrid:
         return node
 
     def stop(self, node: int) -> None:
-        """The node's machine goes away: it leaves the grid and its host stops."""
+        """The node's machine goes away: it leaves the grid and its host stops. As Flower's
+        SuperLink does, messages to it are then answered with an error from node 1."""
         self._stops[node].set()
         self.sockets.pop(node)
+        self.stopped.add(node)
 
     def close(self) -> None:
         for ev in self._stops.values():
@@ -101,6 +104,11 @@ class FakeGrid:
             if m is None:
                 continue
             node = m.metadata.dst_node_id
+            if node in self.stopped:
+                del self._inbox[mid]
+                meta = _Meta(reply_to_message_id=mid, src_node_id=1)
+                out.append(FakeMessage({}, meta, _Error("the node is no longer connected")))
+                continue
             if node not in self.sockets or node in self.silent:
                 continue  # no answer (the transport's timeout or liveness check decides)
             del self._inbox[mid]

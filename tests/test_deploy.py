@@ -23,8 +23,9 @@ from vfl.core.errors import (  # noqa: E402
     UnknownPartyError,
 )
 from vfl.core.messages import COORDINATOR, Label, Message  # noqa: E402
-from vfl.core.rounds import state_tree  # noqa: E402
+from vfl.core.rounds import state_tree
 from vfl.core.sealing import KeyPinningError, PinnedKeys, SealingError, SealingKey  # noqa: E402
+from vfl.core.table import PartyTable  # noqa: E402
 from vfl.core.tasks import Task  # noqa: E402, I001
 from vfl.deploy import envelope  # noqa: E402
 from vfl.deploy.host import PartyHost  # noqa: E402
@@ -114,7 +115,7 @@ def _grid(ds, files, tmp_path, **host_kw):
 
 
 def _in_memory(files, ds, config):
-    tables = {n: deployed.load_table(files[n], "id", ds.tables[n].label_name) for n in files}
+    tables = {n: PartyTable.from_file(files[n], "id", ds.tables[n].label_name) for n in files}
     trainer = SplitTrainer.from_tables(tables, ds.active, config,
                                        policy=SecurityPolicy.pinned(config))
     history = trainer.fit(progress=False)
@@ -198,7 +199,7 @@ def test_plaintext_embeddings_never_reach_the_coordinator(actg_files, tmp_path):
     coordinator must not. The in-memory run (bitwise the same) tells what they are."""
     ds, files = actg_files
     config = _config("plain")
-    tables = {n: deployed.load_table(files[n], "id", ds.tables[n].label_name) for n in files}
+    tables = {n: PartyTable.from_file(files[n], "id", ds.tables[n].label_name) for n in files}
     trainer = SplitTrainer.from_tables(tables, ds.active, config)
     seen = []
     trainer.federation.transport.observers.append(
@@ -322,7 +323,7 @@ def test_a_party_refuses_unsealed_or_forged_party_messages(actg_files, tmp_path)
 
 
 def test_a_missing_data_file_fails_before_anything_starts(tmp_path):
-    with pytest.raises(DataFileError, match="no such data file"):
+    with pytest.raises(DataFileError, match="does not exist"):
         deployed.make_party({"party": "lab", "data": str(tmp_path / "nope.csv"),
                              "id_column": "id"})
 
@@ -353,10 +354,10 @@ def test_pipelining_refuses_a_final_kind_that_answers_a_party():
 def test_an_erasure_reaches_every_node_and_the_replay_equals_a_retrain(actg_files, tmp_path):
     ds, files = actg_files
     config = _config("plain")
-    hospital = deployed.load_table(files["hospital"], "id", ds.tables["hospital"].label_name)
-    lab = deployed.load_table(files["lab"], "id", None)
+    hospital = PartyTable.from_file(files["hospital"], "id", ds.tables["hospital"].label_name)
+    lab = PartyTable.from_file(files["lab"], "id", None)
     gone = sorted(set(map(str, hospital.ids)) & set(map(str, lab.ids)))[:7] + ["pt-nobody"]
-    tables = {n: deployed.load_table(files[n], "id", ds.tables[n].label_name).without(gone)
+    tables = {n: PartyTable.from_file(files[n], "id", ds.tables[n].label_name).without(gone)
               for n in files}
     trainer = SplitTrainer.from_tables(tables, ds.active, config)
     losses = list(trainer.fit(progress=False).loss)

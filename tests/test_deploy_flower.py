@@ -17,7 +17,8 @@ pytest.importorskip("flwr")
 
 from vfl.core import wire  # noqa: E402
 from vfl.core.messages import COORDINATOR, Message  # noqa: E402
-from vfl.core.rounds import state_tree  # noqa: E402
+from vfl.core.rounds import state_tree
+from vfl.core.table import PartyTable  # noqa: E402
 from vfl.core.tasks import Task  # noqa: E402
 from vfl.deploy.certs import make_test_certificates  # noqa: E402
 from vfl.deploy.local import LocalFederation, free_port, read_capture  # noqa: E402
@@ -77,7 +78,7 @@ def actg(tmp_path_factory):
     ds = load_dataset("actg320")
     d = tmp_path_factory.mktemp("actg-csv")
     files = {n: t.to_csv(d / f"{n}.csv") for n, t in ds.tables.items()}
-    tables = {n: deployed.load_table(files[n], "id", ds.tables[n].label_name) for n in files}
+    tables = {n: PartyTable.from_file(files[n], "id", ds.tables[n].label_name) for n in files}
     return ds, files, tables
 
 
@@ -152,7 +153,7 @@ def test_a_node_with_a_missing_data_file_starts_nothing(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert "DataFileError" in proc.stderr and "no such data file" in proc.stderr
+    assert "DataFileError" in proc.stderr and "does not exist" in proc.stderr
 
 
 def test_a_run_against_no_superlink_fails_with_a_clear_error(tmp_path):

@@ -179,6 +179,16 @@ class PartyTable:
         return cls.from_frame(frame, id_column, **kwargs)
 
     @classmethod
+    def from_file(cls, path: str | Path, id_column: str, label_column: str | None = None,
+                  **kwargs) -> PartyTable:
+        """A CSV or Parquet file (by its suffix: ``.parquet``/``.pq``, else CSV): what a
+        deployed node loads from its operator's ``--data``."""
+        read = cls.from_parquet if Path(path).suffix.lower() in (".parquet", ".pq") else (
+            cls.from_csv
+        )
+        return read(path, id_column, label_column=label_column, **kwargs)
+
+    @classmethod
     def _build(cls, ids, data, columns, labels, label_name, impute) -> PartyTable:
         dup = sorted((c for c, k in Counter(columns).items() if k > 1), key=str)
         if dup:

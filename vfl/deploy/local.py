@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from vfl.core.errors import TransportError
+from vfl.core.errors import ConfigError
 from vfl.deploy.app import write_app
-from vfl.deploy.certs import make_test_certificates
+from vfl.deploy.certs import TestCertificates, make_test_certificates
+from vfl.deploy.preflight import DeploymentError, SuperLinkUnreachableError, check_superlink
+
+__all__ = ["DeploymentError", "LocalFederation", "ResultOnSuperLinkError",
+           "SuperLinkUnreachableError", "flwr_run", "read_capture", "write_connection"]
 
 
-class DeploymentError(TransportError):
-    """A deployed run did not produce its result; the message quotes the log that says why."""
-
-
-class SuperLinkUnreachableError(DeploymentError):
-    """No SuperLink answered at the address given (or it refused the TLS handshake)."""
+class ResultOnSuperLinkError(DeploymentError):
+    """The run finished, but its result file was written on the SuperLink's machine, which
+    is not this one."""
 
 
 def free_port() -> int:
@@ -40,6 +43,35 @@ def free_port() -> int:
 
 def _bin() -> Path:
     return Path(sys.executable).parent
+
+
+def flower_executable(name: str) -> Path:
+    """``flwr``, ``flower-superlink`` or ``flower-supernode`` of this environment."""
+    path = os.pathsep.join([str(_bin()), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise ConfigError(
+            f"`{name}` is not installed in this environment ({sys.executable}): "
+            "pip install 'vfl[flower]'"
+        )
+    return Path(found)
+
+
+def superlink_command(port: int, certs: TestCertificates | None, *,
+                      host: str | None = None) -> list[str]:
+    """``flower-superlink`` serving Fleet, Control and Runtime on ``port`` (TLS with
+    ``certs``, else ``--insecure``), with the environment its operator installed (no
+    dependency installation at run time)."""
+    cmd = [str(flower_executable("flower-superlink"))]
+    if host is not None:
+        cmd += ["--host", host]
+    cmd += ["--port", str(port), "--disable-runtime-dependency-installation"]
+    if certs is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.cert),
+                "--ssl-keyfile", str(certs.key)]
+    return cmd
 
 
 def _env(home: Path) -> dict:
@@ -89,13 +121,7 @@ class LocalFederation:
                                 start_new_session=True, cwd=self.workdir)
 
     def start_superlink(self) -> None:
-        cmd = [str(_bin() / "flower-superlink"), "--port", str(self.port),
-               "--disable-runtime-dependency-installation"]
-        if self.certs is None:
-            cmd.append("--insecure")
-        else:
-            cmd += ["--ssl-ca-certfile", str(self.certs.ca), "--ssl-certfile",
-                    str(self.certs.cert), "--ssl-keyfile", str(self.certs.key)]
+        cmd = superlink_command(self.port, self.certs)
         self.superlink = self._spawn("superlink", cmd, self.home)
         write_connection(self.home, "local", self.address,
                          self.certs.ca if self.certs else None)
@@ -150,39 +176,90 @@ class LocalFederation:
     def run(self, job: str, config: dict, *, timeout: float = 600.0, reply_timeout: float = 120,
             connect_timeout: float = 120, capture: bool = False) -> dict:
         """``flwr run`` the job; its result JSON (the ServerApp's log is ``run-N.log``)."""
+        check_superlink(self.address, self.certs.ca if self.certs else None)
         self._runs += 1
         n = self._runs
         job_path = self.workdir / f"job-{n}.json"
         job_path.write_text(json.dumps(config))
-        result = self.workdir / f"result-{n}.json"
-        overrides = {"job": job, "job-config": str(job_path), "result": str(result),
-                     "reply-timeout": float(reply_timeout),
-                     "connect-timeout": float(connect_timeout)}
-        if capture:
-            overrides["capture"] = str(self.workdir / f"capture-{n}.bin")
-        toml = self.workdir / f"run-{n}.toml"
-        toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in overrides.items()))
-        log_path = self.workdir / f"run-{n}.log"
-        cmd = [str(_bin() / "flwr"), "run", str(self.app), "local", "--stream",
-               "--run-config", str(toml)]
-        with open(log_path, "wb") as log:
-            try:
-                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                      env=_env(self.home), timeout=timeout, cwd=self.workdir)
-            except subprocess.TimeoutExpired as exc:
-                raise DeploymentError(f"the run did not finish within {timeout:.0f} s:\n"
-                                      + _tail(log_path)) from exc
-        text = _tail(log_path)
-        if not result.is_file():
-            kind = SuperLinkUnreachableError if _unreachable(text) else DeploymentError
-            raise kind(f"`flwr run` exited with {proc.returncode} and no result:\n{text}")
-        if self.echo:
-            print(log_path.read_text(errors="replace"))
-        out = json.loads(result.read_text())
-        out["log"] = str(log_path)
-        if capture:
-            out["capture"] = overrides["capture"]
-        return out
+        return flwr_run(
+            self.app, "local", self.home, job, job_path, self.workdir / f"result-{n}.json",
+            stem=self.workdir / f"run-{n}", reply_timeout=reply_timeout,
+            connect_timeout=connect_timeout,
+            capture=self.workdir / f"capture-{n}.bin" if capture else None,
+            timeout=timeout, echo=self.echo,
+        )
+
+
+def flwr_run(app: Path, connection: str, home: Path, job: str, job_config: Path,
+             result: Path, *, stem: Path, reply_timeout: float = 120.0,
+             connect_timeout: float = 120.0, capture: Path | None = None,
+             timeout: float | None = None, echo: bool = False) -> dict:
+    """``flwr run APP CONNECTION --stream`` (``CONNECTION`` in ``$FLWR_HOME/config.toml``,
+    ``home``) for ``job``; the job's result JSON, with ``log`` (and ``capture``) added.
+
+    The run-config overrides go to ``STEM.toml`` and the streamed output to ``STEM.log``
+    (and to this terminal with ``echo``), in the folder where ``flwr run`` runs.
+    ``job_config``, ``result`` and ``capture`` are paths on the SuperLink's machine: the
+    ServerApp reads and writes them there. Without a fresh result here,
+    :class:`DeploymentError` (or :class:`SuperLinkUnreachableError`, or
+    :class:`ResultOnSuperLinkError` when the ServerApp wrote it on another machine) quotes
+    the log."""
+    # Absolute paths: flwr runs in stem's folder, the ServerApp in the SuperLink's.
+    app, home, job_config, result, stem = (
+        Path(p).resolve() for p in (app, home, job_config, result, stem)
+    )
+    capture = Path(capture).resolve() if capture is not None else None
+    overrides = {"job": job, "job-config": str(job_config), "result": str(result),
+                 "reply-timeout": float(reply_timeout),
+                 "connect-timeout": float(connect_timeout)}
+    if capture is not None:
+        overrides["capture"] = str(capture)
+    toml = stem.with_name(stem.name + ".toml")
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in overrides.items()))
+    log_path = stem.with_name(stem.name + ".log")
+    before = result.stat().st_mtime_ns if result.is_file() else None
+    cmd = [str(flower_executable("flwr")), "run", str(app), connection, "--stream",
+           "--run-config", str(toml)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=_env(home), cwd=stem.parent)
+        pump = threading.Thread(target=_pump, args=(proc.stdout, log, echo), daemon=True)
+        pump.start()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            pump.join(5)
+            raise DeploymentError(f"the run did not finish within {timeout:.0f} s:\n"
+                                  + _tail(log_path)) from exc
+        pump.join()
+    text = _tail(log_path)
+    if not result.is_file() or result.stat().st_mtime_ns == before:
+        if proc.returncode == 0 and "result written to" in text:
+            raise ResultOnSuperLinkError(
+                f"the run finished, and the ServerApp wrote its result to {result} on the "
+                "SuperLink's machine, which is not this one: copy it from there (or run "
+                "`flwr run` on the SuperLink's machine)"
+            )
+        kind = SuperLinkUnreachableError if _unreachable(text) else DeploymentError
+        raise kind(f"`flwr run` exited with {proc.returncode} and no result:\n{text}")
+    out = json.loads(result.read_text())
+    out["log"] = str(log_path)
+    if capture is not None:
+        out["capture"] = str(capture)
+    return out
+
+
+def _pump(stream, log, echo: bool) -> None:
+    """Copy ``flwr run``'s output to its log file (and to this terminal) as it comes."""
+    for line in iter(stream.readline, b""):
+        log.write(line)
+        log.flush()
+        if echo:
+            sys.stdout.write(line.decode(errors="replace"))
+            sys.stdout.flush()
+    stream.close()
 
 
 def _unreachable(text: str) -> bool:

@@ -39,6 +39,8 @@ from vfl.deploy.envelope import decode_outcomes, encode_bundle, is_party_to_part
 from vfl.deploy.host import ANY, HELLO, KEYS
 
 RECORD, BUNDLE, OUTCOMES, TIMING = "vfl", "bundle", "outcomes", "timing"
+#: The node id Flower's SuperLink uses for itself (flwr.common.constant.SUPERLINK_NODE_ID).
+SUPERLINK_NODE = 1
 
 
 class UnknownNodeError(TransportError):
@@ -214,6 +216,13 @@ class FlowerTransport:
                         f"a reply from node {reply.metadata.src_node_id} answers no message "
                         "this coordinator sent; refused"
                     )
+                if reply.metadata.src_node_id == SUPERLINK_NODE and reply.has_error():
+                    # Flower's SuperLink answers for a node that left it (stopped, or its
+                    # heartbeats lapsed) with an error reply from its own id.
+                    out[node] = PartyUnavailableError(
+                        f"party {self._label(node)} is unavailable: {reply.error.reason}"
+                    )
+                    continue
                 if reply.metadata.src_node_id != node:
                     raise UnknownNodeError(
                         f"node {reply.metadata.src_node_id} answered a message sent to node "

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from vfl.core import wire
-from vfl.core.errors import ConfigError, DataFileError
+from vfl.core.errors import ConfigError
 from vfl.core.fileio import atomic_write
 from vfl.core.messages import COORDINATOR, Label, Message
 from vfl.core.rounds import request_erasure, state_tree
@@ -31,19 +31,6 @@ from vfl.vertical.trainer import SplitTrainer
 STATE_FILE = "state.msgpack"
 
 
-def load_table(path: str | Path, id_column: str, label_column: str | None) -> PartyTable:
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(
-            f"{path}: no such data file on this machine; give --data the path of this "
-            "organization's CSV or Parquet file"
-        )
-    read = PartyTable.from_parquet if path.suffix.lower() in (".parquet", ".pq") else (
-        PartyTable.from_csv
-    )
-    return read(path, id_column, label_column=label_column)
-
-
 def policy_from(options: dict) -> SecurityPolicy:
     protocols = options.get("protocols")
     return SecurityPolicy(
@@ -55,7 +42,8 @@ def policy_from(options: dict) -> SecurityPolicy:
 
 def make_party(options: dict):
     """The party a node serves, and how it saves its state (``deploy.save``)."""
-    table = load_table(options["data"], options["id_column"], options.get("label_column"))
+    table = PartyTable.from_file(options["data"], options["id_column"],
+                                 options.get("label_column"))
     policy = policy_from(options)
     name = options["party"]
     party = (ActiveParty if table.has_labels else PassiveParty)(name, table, policy=policy)
