@@ -23,6 +23,7 @@ same.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from vfl.core.errors import (
     TransportError,
 )
 from vfl.core.fileio import atomic_write
-from vfl.core.messages import COORDINATOR, Label, Message
+from vfl.core.messages import COORDINATOR, Message
 from vfl.core.rounds import state_tree
 from vfl.core.table import PartyTable
 from vfl.core.transcript import TranscriptEntry
@@ -209,9 +210,11 @@ def run_job(transport, config: dict, log=print) -> dict:
     n = fed.rounds
     log(f"training: {n} rounds, {fed.sample_size(len(trainer.members))} of "
         f"{len(trainer.members)} clients per round")
-    rounds = []
+    rounds, finished = [], []
+    t0, first_wave = time.perf_counter(), int(getattr(transport, "round_trips", 0))
     for r in range(n):
         s = _round_summary(trainer.run_round(r))
+        finished.append(time.perf_counter() - t0)
         rounds.append(s)
         note = "skipped (no usable update)" if s["skipped"] else (
             f"{len(s['participants'])} clients, loss {s['loss']:.5f}")
@@ -220,33 +223,25 @@ def run_job(transport, config: dict, log=print) -> dict:
         if s["rejected"]:
             note += f", rejected {sorted(s['rejected'])}"
         log(f"round {r + 1}/{n}: {note}")
+    train_waves = [first_wave + 1, int(getattr(transport, "round_trips", 0))]
     metrics = {}
     for split in config.get("evaluate", ["test"]):
         ev = trainer.evaluate(split=split)
         metrics[split] = {"pooled": ev["pooled"], "per_client": ev["per_client"], "n": ev["n"]}
         log(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev["pooled"].items()
                                      if isinstance(v, float)))
-    saved = {}
-    if config.get("save", True):
-        for m, outcome in zip(trainer.members, transport.deliver_many(
-            [Message(COORDINATOR, p, "deploy.save", Label.PUBLIC, {}) for p in trainer.members]
-        )):
-            if isinstance(outcome, PartyUnavailableError):
-                saved[m] = {"unavailable": str(outcome)}
-            elif isinstance(outcome, Exception):
-                raise outcome
-            else:
-                (reply,) = outcome
-                saved[m] = dict(reply.payload)
     w = trainer.global_params()
     return {
         "rounds": n,
         "members": list(trainer.members),
         "excluded": dict(trainer.excluded),
         "summaries": rounds,
+        # When each round finished (seconds from the start of training) and which network
+        # waves carried training: what the deployment benchmark reads.
+        "round_finished": finished,
+        "train_waves": train_waves,
         "losses": [s["loss"] for s in rounds],
         "metrics": metrics,
         "global_sha256": hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest(),
         "global_params": [float(v) for v in w],
-        "saved": saved,
     }

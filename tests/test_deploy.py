@@ -29,6 +29,7 @@ from vfl.core.table import PartyTable  # noqa: E402
 from vfl.core.tasks import Task  # noqa: E402, I001
 from vfl.deploy import envelope  # noqa: E402
 from vfl.deploy.host import PartyHost  # noqa: E402
+from vfl.deploy.serverapp import execute  # noqa: E402
 from vfl.deploy.transport import FlowerTransport, UnknownNodeError  # noqa: E402
 from vfl.vertical import deployed  # noqa: E402
 from vfl.vertical.config import SecurityPolicy, TrainConfig  # noqa: E402
@@ -156,9 +157,8 @@ def test_vertical_job_over_the_flower_transport_equals_the_in_memory_run(
                                 log=lambda s: None)
     try:
         transport.connect(list(ds.tables))
-        result = deployed.run_job(
-            transport, {"parties": list(ds.tables), "train": config.to_json()}, log=lambda s: None
-        )
+        job = {"parties": list(ds.tables), "train": config.to_json()}
+        result = execute(deployed.run_job, transport, job, log=lambda s: None)
     finally:
         grid.close()
     assert result["losses"] == losses

@@ -22,6 +22,7 @@ from vfl.core.errors import DataFileError  # noqa: E402
 from vfl.core.table import PartyTable  # noqa: E402
 from vfl.core.transport import InMemoryTransport  # noqa: E402
 from vfl.deploy.host import PartyHost  # noqa: E402
+from vfl.deploy.serverapp import execute  # noqa: E402
 from vfl.deploy.transport import FlowerTransport  # noqa: E402
 
 
@@ -85,7 +86,7 @@ def _deployed(files, columns, config, tmp_path, *, stop_after=None, reply_timeou
     try:
         transport.connect(list(files))
         job = {"parties": list(files), "train": config.to_json(), "columns": list(columns)}
-        result = deployed.run_job(transport, job, log=log)
+        result = execute(deployed.run_job, transport, job, log=log)
     finally:
         grid.close()
     # What the ServerApp writes: the result survives JSON as it is.

@@ -22,7 +22,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from vfl.core.errors import ConfigError
-from vfl.deploy.host import write_json
+from vfl.deploy.host import PROFILE, SAVE, write_json
 from vfl.deploy.transport import FlowerTransport
 
 #: Job name -> ``module:function(transport, config, log) -> dict``.
@@ -43,6 +43,19 @@ def job_function(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def execute(job, transport: FlowerTransport, config: dict, log=print) -> dict:
+    """Run ``job`` (a function, or a name in :data:`JOBS`), then ask every party to save its
+    state on its own machine (unless ``config["save"]`` is false) and for its time profile;
+    the job's result with ``saved`` and ``profile`` added."""
+    fn = job_function(job) if isinstance(job, str) else job
+    result = fn(transport, config, log)
+    parties = list(config["parties"])
+    if config.get("save", True):
+        result["saved"] = transport.ask_all(SAVE, parties)
+    result["profile"] = transport.ask_all(PROFILE, parties)
+    return result
+
+
 def log(text: str) -> None:
     print(f"[vfl] {text}", flush=True)
 
@@ -61,7 +74,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     t0 = time.perf_counter()
     transport.connect(list(config["parties"]), wait=float(rc.get("connect-timeout", 120.0)))
-    result = job_function(str(rc["job"]))(transport, config, log)
+    result = execute(str(rc["job"]), transport, config, log)
     result["deployment"] = {
         "seconds": time.perf_counter() - t0,
         "round_trips": transport.round_trips,

@@ -180,6 +180,24 @@ class FlowerTransport:
                     raise o
         return out
 
+    def ask_all(self, kind: str, parties: list[str] | None = None) -> dict[str, dict]:
+        """A deployment control request (``deploy.save``, ``deploy.profile``) to every party
+        (default: all pinned), in one wave; per party its public answer, or
+        ``{"unavailable": reason}`` for a party that is gone (a recorded drop-out)."""
+        parties = self.parties if parties is None else list(parties)
+        out: dict[str, dict] = {}
+        outcomes = self.deliver_many(
+            [Message(COORDINATOR, p, kind, Label.PUBLIC, {}) for p in parties]
+        )
+        for party, outcome in zip(parties, outcomes):
+            if isinstance(outcome, PartyUnavailableError):
+                out[party] = {"unavailable": str(outcome)}
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                out[party] = dict(outcome[0].payload)
+        return out
+
     # -- Flower ----------------------------------------------------------------------------
     def _exchange(self, by_node: dict[int, list[Message]]) -> dict:
         from flwr.app import ConfigRecord, RecordDict

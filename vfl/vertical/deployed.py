@@ -18,7 +18,6 @@ from pathlib import Path
 from vfl.core import wire
 from vfl.core.errors import ConfigError
 from vfl.core.fileio import atomic_write
-from vfl.core.messages import COORDINATOR, Label, Message
 from vfl.core.rounds import request_erasure, state_tree
 from vfl.core.table import PartyTable
 from vfl.psi import run_psi
@@ -78,15 +77,6 @@ def transport_waves(transport) -> int:
     return int(getattr(transport, "round_trips", 0))
 
 
-def ask_parties(transport, parties: list[str], kind: str) -> dict[str, dict]:
-    """A deployment control request (``deploy.save``, ``deploy.profile``) to every party, in
-    one wave; per party its (public) answer."""
-    replies = transport.deliver_many(
-        [Message(COORDINATOR, p, kind, Label.PUBLIC, {}) for p in parties], raise_errors=True
-    )
-    return {p: dict(r[0].payload) for p, r in zip(parties, replies)}
-
-
 def run_job(transport, config: dict, log=print) -> dict:
     """PSI, training and evaluation over ``transport``; the parties save their states.
 
@@ -141,18 +131,15 @@ def run_job(transport, config: dict, log=print) -> dict:
         metrics[split] = trainer.evaluate(split)["metrics"]
         log(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()
                                      if isinstance(v, float)))
-    saved = ask_parties(transport, parties, "deploy.save")
     return {
         "train_seconds": train_seconds,
         # When each round finished (seconds from the start of training) and which network
         # waves carried training: what the deployment benchmark reads.
         "round_finished": [t - t0 for t in finished],
         "train_waves": train_waves,
-        "profile": ask_parties(transport, parties, "deploy.profile"),
         "erased": erased,
         "aligned": int(alignment.size),
         "rounds": n,
         "losses": [losses[r] for r in range(n)],
         "metrics": metrics,
-        "saved": saved,
     }
