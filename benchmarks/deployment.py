@@ -114,26 +114,55 @@ def vertical_mode(protocol: str, quick: bool, workdir: Path, console: Console) -
 
 
 # -- horizontal ----------------------------------------------------------------------------
-def horizontal_mode(quick: bool, workdir: Path, console: Console) -> dict | None:
-    try:
-        from horizontal import deployed as hdeployed
-    except ImportError:
-        return None
-    spec = getattr(hdeployed, "benchmark_spec", None)
-    if spec is None:
-        return None
-    files, config, mem_fn = spec(workdir, quick)
+HOSPITALS, ROWS, FEATURES = 4, 600, 8
+
+
+def hospital_tables(seed: int = 0):
+    from vfl.core.table import PartyTable
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=FEATURES)
+    tables = {}
+    for c in range(HOSPITALS):
+        x = rng.normal(size=(ROWS, FEATURES)) + rng.normal(scale=0.3, size=FEATURES)
+        y = (x @ w + rng.logistic(size=ROWS) > 0).astype(int)
+        tables[f"hospital_{c}"] = PartyTable.from_numpy(
+            [f"h{c}-{i}" for i in range(ROWS)], x, [f"x{j}" for j in range(FEATURES)],
+            labels=y, label_name="y")
+    return tables
+
+
+def horizontal_mode(quick: bool, workdir: Path, console: Console) -> dict:
+    import hashlib
+
+    from horizontal import FedConfig, FederatedTrainer
+    from vfl.core.table import PartyTable
+
+    files = {n: t.to_csv(workdir / f"{n}.csv") for n, t in hospital_tables().items()}
+    tables = {n: PartyTable.from_file(p, "id", "y") for n, p in files.items()}
+    config = FedConfig(hidden=(32,), rounds=4 if quick else 8, batch_size=32, client_lr=0.1,
+                       clients_per_round=3, compression="int8", seed=0)
     console.print("horizontal: in memory")
-    mem = mem_fn()
+    trainer = FederatedTrainer(tables, config)
+    trainer.ensure_setup()
+    t0, finished, losses = time.perf_counter(), [], []
+    for r in range(config.rounds):
+        losses.append(float(trainer.run_round(r)["loss"]))
+        finished.append(time.perf_counter() - t0)
+    digest = hashlib.sha256(np.ascontiguousarray(trainer.global_params()).tobytes()).hexdigest()
+    mem = {"finished": finished}
     console.print(f"horizontal: on Flower (TLS, {len(files)} nodes)")
     t0 = time.perf_counter()
     with LocalFederation(workdir / "fed", tls=True) as fed:
         fed.start_superlink()
-        for name, (path, label) in files.items():
-            fed.start_node(name, path, "id", label_column=label, mode="horizontal")
-        res = fed.run("horizontal", config, timeout=3600)
+        for name, path in files.items():
+            fed.start_node(name, path, "id", label_column="y", mode="horizontal")
+        res = fed.run("horizontal", {"parties": list(files), "train": config.to_json(),
+                                     "columns": list(tables[next(iter(tables))].columns)},
+                      timeout=3600)
     wall = time.perf_counter() - t0
-    return row("horizontal", mem, res, wall, len(files), equal=mem["equal"](res))
+    equal = res["global_sha256"] == digest and res["losses"] == losses
+    return row("horizontal", mem, res, wall, len(files), equal=equal)
 
 
 # -- rows ----------------------------------------------------------------------------------
@@ -261,11 +290,7 @@ def main(argv=None) -> dict:
                 if mode in ("plain", "paillier"):
                     rows.append(vertical_mode(mode, args.quick, work, console))
                 elif mode == "horizontal":
-                    r = horizontal_mode(args.quick, work, console)
-                    if r is None:
-                        console.print("[yellow]horizontal: no deployed job available[/]")
-                    else:
-                        rows.append(r)
+                    rows.append(horizontal_mode(args.quick, work, console))
                 else:
                     ap.error(f"unknown mode {mode!r}")
         res = {"command": "python benchmarks/deployment.py" + (" --quick" if args.quick else ""),

@@ -34,6 +34,7 @@ from horizontal.server import SERVER, FedServer
 from horizontal.simulation import LocalExecutor
 from horizontal.trainer import FederatedTrainer
 from vfl.core import wire
+from vfl.core.coordinator import Coordinator
 from vfl.core.errors import (
     ConfigError,
     PartyUnavailableError,
@@ -41,7 +42,7 @@ from vfl.core.errors import (
 )
 from vfl.core.fileio import atomic_write
 from vfl.core.messages import COORDINATOR, Message
-from vfl.core.rounds import state_tree
+from vfl.core.rounds import request_erasure, state_tree
 from vfl.core.table import PartyTable
 from vfl.core.transcript import TranscriptEntry
 
@@ -188,8 +189,9 @@ def run_job(transport, config: dict, log=print) -> dict:
 
     ``config``: ``parties`` (the clients), ``train`` (a :class:`FedConfig` as JSON),
     ``columns`` (the feature columns every hospital agreed on, in order), optional
-    ``evaluate`` (splits, default ``["test"]``) and ``save`` (default true: each client
-    writes its state to its own ``--out``)."""
+    ``evaluate`` (splits, default ``["test"]``), ``save`` (default true: each client
+    writes its state to its own ``--out``) and ``erase`` (patient ids every hospital deletes
+    before setup: an exact erasure replayed as a retrain through the deployment)."""
     clients = list(config["parties"])
     columns = config.get("columns")
     if not isinstance(columns, list) or not columns or not all(
@@ -201,6 +203,14 @@ def run_job(transport, config: dict, log=print) -> dict:
         )
     fed = FedConfig.from_json(config["train"])
     side = ServerSide(transport)
+    erased = {}
+    if config.get("erase"):
+        # An erasure request reaches every hospital's node as data.erase (each deletes the
+        # rows it holds and acknowledges); the replay is an exact retrain through the same
+        # deployment. Every hospital learns the pseudonymous ids asked for.
+        ids = [str(i) for i in config["erase"]]
+        erased = request_erasure(Coordinator(transport), {c: ids for c in clients})
+        log("erased at " + ", ".join(f"{c} ({a['deleted']} rows)" for c, a in erased.items()))
     trainer = FederatedTrainer.over(side, clients, fed, columns=columns)
     log(f"setting up {len(clients)} clients")
     trainer.ensure_setup()
@@ -235,6 +245,7 @@ def run_job(transport, config: dict, log=print) -> dict:
         "rounds": n,
         "members": list(trainer.members),
         "excluded": dict(trainer.excluded),
+        "erased": erased,
         "summaries": rounds,
         # When each round finished (seconds from the start of training) and which network
         # waves carried training: what the deployment benchmark reads.

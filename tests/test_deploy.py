@@ -115,12 +115,17 @@ def _grid(ds, files, tmp_path, **host_kw):
     return grid, nodes
 
 
+PREDICT = 12  # patients scored after training (the first aligned ids)
+
+
 def _in_memory(files, ds, config):
     tables = {n: PartyTable.from_file(files[n], "id", ds.tables[n].label_name) for n in files}
     trainer = SplitTrainer.from_tables(tables, ds.active, config,
                                        policy=SecurityPolicy.pinned(config))
     history = trainer.fit(progress=False)
     metrics = trainer.evaluate("test")["metrics"]
+    ids = list(trainer.federation.parties[ds.active].aligned_ids[:PREDICT])
+    metrics = dict(metrics, _predict=(ids, trainer.predict(ids).tolist()))
     states = {n: state_tree(p.snapshot()) for n, p in trainer.federation.parties.items()}
     return trainer, list(history.loss), metrics, states
 
@@ -157,12 +162,14 @@ def test_vertical_job_over_the_flower_transport_equals_the_in_memory_run(
                                 log=lambda s: None)
     try:
         transport.connect(list(ds.tables))
-        job = {"parties": list(ds.tables), "train": config.to_json()}
+        ids, scores = metrics.pop("_predict")
+        job = {"parties": list(ds.tables), "train": config.to_json(), "predict": ids}
         result = execute(deployed.run_job, transport, job, log=lambda s: None)
     finally:
         grid.close()
     assert result["losses"] == losses
     assert result["metrics"]["test"] == metrics
+    assert result["predictions"] == {"ids": [str(i) for i in ids], "scores": scores}
     remote = {n: deployed.load_state(result["saved"][n]["file"]) for n in ds.tables}
     _assert_same_tree(plaintext_view(states), plaintext_view(remote))
 

@@ -66,7 +66,8 @@ def _in_memory(tables, config, *, down_after=None):
     return trainer, history, trainer.evaluate()
 
 
-def _deployed(files, columns, config, tmp_path, *, stop_after=None, reply_timeout=120.0):
+def _deployed(files, columns, config, tmp_path, *, stop_after=None, reply_timeout=120.0,
+              erase=None):
     grid = FakeGrid()
     nodes = {}
     for name, path in files.items():
@@ -86,6 +87,8 @@ def _deployed(files, columns, config, tmp_path, *, stop_after=None, reply_timeou
     try:
         transport.connect(list(files))
         job = {"parties": list(files), "train": config.to_json(), "columns": list(columns)}
+        if erase:
+            job["erase"] = erase
         result = execute(deployed.run_job, transport, job, log=log)
     finally:
         grid.close()
@@ -138,6 +141,20 @@ def test_a_node_stopped_mid_run_is_a_recorded_dropout(hospitals, tmp_path):
     assert all(gone not in s["participants"] for s in result["summaries"][after + 1:])
     assert gone not in result["metrics"]["test"]["per_client"]
     assert "unavailable" in result["saved"][gone]
+
+
+def test_an_erasure_reaches_every_hospital_and_the_replay_equals_a_retrain(hospitals,
+                                                                             tmp_path):
+    files, tables = hospitals
+    config = _config()
+    gone = [str(tables["hospital_0"].ids[3]), str(tables["hospital_2"].ids[0]),
+            str(tables["hospital_2"].ids[7]), "nobody"]
+    trainer, history, evaluation = _in_memory(
+        {n: t.without(gone) for n, t in tables.items()}, config)
+    result, _ = _deployed(files, tables["hospital_0"].columns, config, tmp_path, erase=gone)
+    assert {n: a["deleted"] for n, a in result["erased"].items()} == {
+        "hospital_0": 1, "hospital_1": 0, "hospital_2": 2, "hospital_3": 0}
+    _same_run(result, trainer, history, evaluation)
 
 
 def test_a_missing_data_file_fails_before_anything_starts(tmp_path):

@@ -82,7 +82,8 @@ def run_job(transport, config: dict, log=print) -> dict:
 
     ``config``: ``parties`` (active first or ``active`` named), ``train`` (a
     :class:`TrainConfig` as JSON), optional ``evaluate`` (splits, default ``["test"]``) and
-    ``erase`` (patient ids every party deletes before alignment: an exact erasure replayed
+    ``predict`` (patient ids to score after training) and ``erase`` (patient ids every
+    party deletes before alignment: an exact erasure replayed
     as a retrain through the deployment; every party learns the pseudonymous ids asked
     for, including parties that do not hold them)."""
     parties = list(config["parties"])
@@ -106,12 +107,12 @@ def run_job(transport, config: dict, log=print) -> dict:
         log("erased at " + ", ".join(f"{p} ({a['deleted']} rows)" for p, a in erased.items()))
     log(f"aligning {len(parties)} parties by PSI")
     alignment = run_psi(fed.coordinator, fed.names)
-    log(f"aligned {alignment.size} patients ({transport.round_trips} round trips so far)")
+    log(f"aligned {alignment.size} patients ({transport_waves(transport)} round trips so far)")
     fed.alignment = alignment
     trainer = SplitTrainer(fed, train)
     trainer.ensure_setup()
     n = trainer.n_rounds
-    log(f"training: {n} rounds, protocol {train.protocol} ({transport.round_trips} round "
+    log(f"training: {n} rounds, protocol {train.protocol} ({transport_waves(transport)} round "
         "trips so far)")
     every = max(1, n // 10)
     finished: list[float] = []
@@ -125,12 +126,19 @@ def run_job(transport, config: dict, log=print) -> dict:
     losses = trainer.run_rounds(range(n), on_done=done)
     train_seconds = time.perf_counter() - t0
     train_waves = [first_wave + 1, transport_waves(transport)]
-    log(f"trained ({transport.round_trips} round trips so far)")
+    log(f"trained ({transport_waves(transport)} round trips so far)")
     metrics = {}
     for split in config.get("evaluate", ["test"]):
         metrics[split] = trainer.evaluate(split)["metrics"]
         log(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()
                                      if isinstance(v, float)))
+    predictions = None
+    if config.get("predict"):
+        # Scores for patients every party holds; only embeddings cross (sealed), and the
+        # scores come back to the coordinator, as in one process.
+        ids = [str(i) for i in config["predict"]]
+        predictions = {"ids": ids, "scores": trainer.predict(ids).tolist()}
+        log(f"scored {len(ids)} patients")
     return {
         "train_seconds": train_seconds,
         # When each round finished (seconds from the start of training) and which network
@@ -142,4 +150,5 @@ def run_job(transport, config: dict, log=print) -> dict:
         "rounds": n,
         "losses": [losses[r] for r in range(n)],
         "metrics": metrics,
+        "predictions": predictions,
     }
