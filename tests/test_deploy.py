@@ -398,3 +398,37 @@ def test_the_clientapp_imports_no_jax_and_no_party_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_phase_computed_from_the_wave_it_joins():
+    from vfl.core.coordinator import Coordinator
+    from vfl.core.party import Party, handles
+    from vfl.core.transport import InMemoryTransport
+
+    class Worker(Party):
+        def __init__(self, name):
+            super().__init__(name)
+            self.seen = []
+
+        @handles("work")
+        def on_work(self, msg):
+            self.seen.append("work")
+            return []
+
+        @handles("collect")
+        def on_collect(self, msg):
+            self.seen.append("collect")
+            return [self.send(COORDINATOR, "done", Label.PUBLIC)]
+
+    t = InMemoryTransport()
+    workers = {n: Worker(n) for n in ("a", "b", "c")}
+    for w in workers.values():
+        t.register(w)
+    c = Coordinator(t)
+    out = c.pipeline(
+        [[c.request("a", "work"), c.request("c", "work")],
+         lambda wave: [c.request(m.receiver, "collect") for m in wave]],
+        final_kinds={"work"},
+    )
+    assert sorted(m.sender for m in out.back) == ["a", "c"]
+    assert workers["a"].seen == ["work", "collect"] and workers["b"].seen == []

@@ -80,7 +80,7 @@ class Coordinator:
 
     def pipeline(
         self,
-        phases: list[list[Message]],
+        phases: list,
         *,
         final_kinds: frozenset[str] | set[str] = frozenset(),
         policy: FailurePolicy | None = None,
@@ -101,18 +101,28 @@ class Coordinator:
         phase's messages join the same wave. That is what lets one message carry a round's
         backward step and the next round's forward request. A final kind whose handler
         answers a party breaks that assumption and raises :class:`ProtocolError`.
-        ``on_back`` sees each coordinator-bound reply as it arrives (progress)."""
+        ``on_back`` sees each coordinator-bound reply as it arrives (progress).
+
+        A phase may also be a function of the wave it is about to join (``[]`` when it starts
+        a wave), returning its messages: a phase whose receivers are known only once the
+        previous phase has run (a horizontal round collects updates from exactly the clients
+        the server asked to train)."""
         policy = self.policy if policy is None else policy
         out = Routed()
-        pending = deque(list(p) for p in phases)
+        pending = deque(phases)
+
+        def take(wave: list[Message]) -> list[Message]:
+            phase = pending.popleft()
+            return list(phase(list(wave)) if callable(phase) else phase)
+
         wave: list[Message] = []
         while wave or pending:
             if not wave:
-                wave = pending.popleft()
+                wave = take([])
             while pending and all(
                 m.receiver == COORDINATOR or m.kind in final_kinds for m in wave
             ):
-                wave = wave + pending.popleft()
+                wave = wave + take(wave)
             batch = []
             for msg in wave:
                 if msg.receiver == COORDINATOR:
