@@ -10,15 +10,18 @@ sampled clients' local training runs as one ``jit(vmap(...))`` program
 
 Modules: ``config`` (FedConfig), ``flat_model`` (flat-vector Flax NNX model),
 ``client_update`` (pure client update), ``simulation`` (vectorized executor), ``client``,
-``server``, ``strategies`` (aggregators, server optimizers), ``compression``, ``systems``
+``server``, ``secure_rounds`` (SecAgg+ as messages; settings in ``secagg.config``),
+``strategies`` (aggregators, server optimizers), ``compression``, ``systems``
 (stragglers, dropouts), ``partition``, ``personalization``, ``federaser`` (approximate
 client removal), ``checkpointing`` (the unlearning adapter), ``trainer``, ``errors``. Keyed-hash
-batches and client samples come from :mod:`vfl.core.keyed`.
+batches and client samples come from :mod:`vfl.core.keyed`. Differential privacy
+(``FedConfig.dp``, :class:`DPConfig`) lives in :mod:`horizontal.dp`.
 """
 
 from horizontal import errors, partition
 from horizontal.client import HospitalClient
 from horizontal.config import FedConfig
+from horizontal.dp.config import DPConfig
 from horizontal.errors import (
     AllClientsDroppedError,
     BadUpdateError,
@@ -29,9 +32,11 @@ from horizontal.errors import (
     InvalidExampleCountError,
     NoClientsSampledError,
     NonFiniteUpdateError,
+    SecureRoundAbortedError,
     UpdateShapeError,
 )
 from horizontal.partition import dirichlet_label_skew, iid, natural, quantity_skew
+from horizontal.secagg.config import SecAggConfig
 from horizontal.server import FedServer
 from horizontal.simulation import LocalExecutor
 from horizontal.systems import SystemsConfig
@@ -41,6 +46,7 @@ __all__ = [
     "AllClientsDroppedError",
     "BadUpdateError",
     "ClientSchemaError",
+    "DPConfig",
     "EmptyRoundError",
     "FedConfig",
     "FedConfigError",
@@ -53,6 +59,8 @@ __all__ = [
     "LocalExecutor",
     "NoClientsSampledError",
     "NonFiniteUpdateError",
+    "SecAggConfig",
+    "SecureRoundAbortedError",
     "SystemsConfig",
     "UpdateShapeError",
     "dirichlet_label_skew",

@@ -11,8 +11,11 @@ and SCAFFOLD control; it is reachable only through :meth:`handle`. What it tells
   simulation sizes its compiled program from them);
 * ``fit.update`` -> server: its model delta (raw or compressed), example count, steps done
   and loss (``plaintext-by-design`` and label-dependent: an update is a function of the
-  labels and can leak them to the server, Zhu et al. 2019; secure aggregation or DP would
-  hide it and are out of scope here);
+  labels and can leak them to the server, Zhu et al. 2019). Never sent under secure
+  aggregation (``FedConfig.secure_aggregation``): the update then only enters SecAgg+ as
+  ``x_u``, and the server receives public keys, ciphertexts, the masked ``y_u`` and mask
+  shares (:mod:`horizontal.secure_rounds`); a client that will not take part tells the
+  coordinator ``fit.withheld`` (``public``: why);
 * ``eval.metrics`` -> coordinator: metrics on its own held-out rows, and scores with labels
   only when the operator asks for a pooled evaluation (``plaintext-by-design``).
 * ``data.erased`` -> coordinator: after the coordinator relayed an erasure request
@@ -22,17 +25,39 @@ and SCAFFOLD control; it is reachable only through :meth:`handle`. What it tells
 Local training is submitted to the shared :class:`~horizontal.simulation.LocalExecutor`
 (the simulation's stand-in for the client's device) when ``fit`` arrives and collected on
 ``fit.collect``; the update is encoded by the client itself, so its bytes are real.
+
+Differential privacy (``FedConfig.dp``, :mod:`horizontal.dp`): at record level every local
+step is DP-SGD on a Poisson (or fixed-size) batch drawn with the hospital's own secret
+(:attr:`HospitalClient.dp_secret`: party-local, never sent or checkpointed), and the client
+refuses at setup, before reading its features or labels, a plan whose epsilon exceeds the
+budget; at client level it clips its update to the bound the server sends and reports
+whether it had to (adaptive clipping). Under DP the update carries no training loss (it is
+not privatized: ``loss`` is NaN) and, at record level, the public example count
+``local_epochs x n_train`` (scaled by the steps done) instead of the rows drawn.
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from horizontal.client_update import compiled_predict
 from horizontal.compression import ErrorFeedback
 from horizontal.config import FedConfig
+from horizontal.dp.dpsgd import dp_row_hashes, fixed_size_batches, noise_key, poisson_batches
+from horizontal.dp.fedavg import clip_client_update, secure_client_vector
+from horizontal.dp.ledger import (
+    PrivacyLedger,
+    RecordPlan,
+    client_plan,
+    fresh_secret,
+    record_plan,
+    secret_text,
+    simulation_secret,
+)
 from horizontal.errors import ClientSchemaError, FedConfigError
 from horizontal.flat_model import FlatModel
+from horizontal.secure_rounds import SecureClient
 from horizontal.simulation import LocalExecutor, LocalJob
 from vfl.core.errors import PayloadShapeError, ProtocolError, UnexpectedSenderError
 from vfl.core.keyed import id_hashes, ids_digest, local_batches, split_test, steps_per_epoch
@@ -44,8 +69,9 @@ from vfl.core.table import PartyTable
 SERVER = "server"
 
 
-class HospitalClient(Party):
-    """Only its server may send it setup, the scaler, the global model and evaluation or
+class HospitalClient(SecureClient, Party):
+    """Only its server may send it setup, the scaler, the global model, the secure
+    aggregation's relayed keys, ciphertexts and unmask requests, and evaluation or
     fine-tuning requests; only the coordinator asks it to collect or to delete rows
     (:attr:`SENDERS`, checked in :meth:`handle` before any handler runs)."""
 
@@ -55,13 +81,22 @@ class HospitalClient(Party):
         "fit": "server",
         "evaluate": "server",
         "finetune": "server",
+        "secagg.keys": "server",
+        "secagg.ciphertexts": "server",
+        "secagg.unmask": "server",
         "fit.collect": "coordinator",
         ERASE: "coordinator",
     }
 
     def __init__(self, name: str, table: PartyTable, executor: LocalExecutor,
-                 server: str = SERVER):
+                 server: str = SERVER, *, dp_secret: str | bytes | None = None):
         super().__init__(name)
+        # Differential privacy samples rows and draws noise with a secret only this
+        # hospital holds (party-local config: never in a message or a checkpoint). Its
+        # operator may pin one; otherwise it is os.urandom (horizontal.dp.ledger).
+        self.dp_secret = fresh_secret() if dp_secret is None else secret_text(dp_secret)
+        self.dp_secret_pinned = dp_secret is not None
+        self.dp_plan: RecordPlan | None = None
         if not table.has_labels:
             raise FedConfigError(
                 f"client {name!r} has no label column; every hospital in a horizontal "
@@ -125,7 +160,6 @@ class HospitalClient(Party):
                 f"{', order differs' if not lost and not extra else ''}). Export exactly the "
                 "agreed columns in that order, then rejoin."
             )
-        labels = config.task.check_labels(self.table.labels)
         test = split_test(self.table.ids, config.seed, config.test_fraction)
         if test.all():
             raise FedConfigError(
@@ -133,6 +167,12 @@ class HospitalClient(Party):
                 f"({len(test)} rows, test_fraction {config.test_fraction}); lower "
                 "test_fraction or leave this client out"
             )
+        # A record-level DP plan over the budget is refused here, before any feature or
+        # label is read (the plan needs only the count of training rows).
+        plan = self.privacy_plan(config)
+        if plan is not None:
+            PrivacyLedger(config.dp).check_plans({self.name: plan}, config.rounds)
+        labels = config.task.check_labels(self.table.labels)
         self.config = config
         self.train_ids = self.table.ids[~test]
         self.test_ids = self.table.ids[test]
@@ -179,6 +219,10 @@ class HospitalClient(Party):
         self.model = FlatModel(d, c.hidden, c.task.n_outputs, c.seed)
         self.spec = (d, tuple(c.hidden), c.task.n_outputs, c.task.kind, c.task.n_classes,
                      c.client_optimizer, float(c.client_lr))
+        self.dp_plan = self.privacy_plan(c)
+        if self.dp_plan is not None:  # record level: DP-SGD local steps
+            self.spec += (("dp-sgd", float(c.dp.clip_norm), float(c.dp.noise_multiplier)),)
+            self._dp_rows = dp_row_hashes(self.train_ids, self.dp_secret)
         p = self.model.size
         head = self.model.head_mask
         self.shared = np.flatnonzero(~head) if c.personalization == "fedper" else np.arange(p)
@@ -190,6 +234,8 @@ class HospitalClient(Party):
         self._used: dict[int, np.ndarray] = {}
         self._all_digest = ids_digest(self._sorted_ids(np.arange(len(self.train_ids))))
         steps = c.local_epochs * steps_per_epoch(len(self.train_ids), c.batch_size)
+        if self.dp_plan is not None:
+            steps = self.dp_plan.steps_per_round
         ready = {"n_train": int(len(self.train_ids)), "n_test": int(len(self.test_ids)),
                  "steps": int(steps)}
         return [self.send(COORDINATOR, "setup.ready", Label.PUBLIC, ready)]
@@ -218,8 +264,13 @@ class HospitalClient(Party):
     def on_fit(self, msg: Message) -> list[Message]:
         c, r = self.config, msg.round
         start = self._start_vector(msg.payload["global"])
-        pos, bmask = local_batches(self.row_hashes, c.seed, r, self.name, c.local_epochs,
-                                   c.batch_size)
+        if c.secure_aggregation is not None:  # this round's SecAgg+ setup, before training
+            self.secure_join(msg)
+        if self.dp_plan is not None:
+            pos, bmask = self._dp_batches(r)
+        else:
+            pos, bmask = local_batches(self.row_hashes, c.seed, r, self.name, c.local_epochs,
+                                       c.batch_size)
         full = len(pos)
         done = c.systems.steps_done(c.seed, r, self.name, full)
         control = None
@@ -231,11 +282,68 @@ class HospitalClient(Party):
         if done > 0:
             active = np.arange(full) < done
             job = LocalJob(self.spec, start, start, corr, float(c.mu), self.x_train,
-                           self.y_train, pos, bmask, active)
+                           self.y_train, pos, bmask, active, *self._dp_job(r))
             ticket = self.executor.submit(job)
         self._pending = {"round": r, "ticket": ticket, "start": start, "pos": pos,
-                         "bmask": bmask, "done": done, "full": full, "control": control}
+                         "bmask": bmask, "done": done, "full": full, "control": control,
+                         "clip_norm": msg.payload.get("clip_norm")}
         return []
+
+    # -- differential privacy (party-local) -------------------------------------------------
+    def use_simulation_secret(self, seed: int) -> None:
+        """**In-memory simulation only**: take the DP secret derived from the public seed
+        and this client's name (:func:`~horizontal.dp.ledger.simulation_secret`), so two
+        simulated runs with one seed are bitwise equal; a pinned secret is kept."""
+        if not self.dp_secret_pinned:
+            self.dp_secret = simulation_secret(seed, self.name)
+
+    def privacy_plan(self, config: FedConfig | None = None) -> RecordPlan | None:
+        """This hospital's record-level DP plan (:func:`~horizontal.dp.ledger.record_plan`)
+        from the count of its training rows (its ids and the public split; never its
+        features or labels); None without record-level DP."""
+        c = config or self.config
+        if c is None or c.dp is None or c.dp.level != "record":
+            return None
+        n_train = int((~split_test(self.table.ids, c.seed, c.test_fraction)).sum())
+        return record_plan(c.dp, n_train, batch_size=c.batch_size, local_epochs=c.local_epochs)
+
+    def _dp_batches(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Round ``r``'s DP-SGD batches, drawn with this hospital's secret."""
+        plan = self.dp_plan
+        if plan.sampling == "fixed":
+            return fixed_size_batches(self._dp_rows, self.dp_secret, r, self.name,
+                                      plan.steps_per_round, plan.width)
+        return poisson_batches(self._dp_rows, self.dp_secret, r, self.name, plan.steps_per_round,
+                               plan.sampling_probability, capacity=plan.width)
+
+    def _dp_job(self, r: int) -> tuple:
+        """The noise key (this hospital's secret and the round) and the expected batch size
+        of a DP-SGD job; nothing without record-level DP."""
+        if self.dp_plan is None:
+            return ()
+        key = jax.random.key_data(noise_key(self.dp_secret, "dp-sgd", r, self.name))
+        return np.asarray(key, np.uint32), float(self.dp_plan.expected_batch_size)
+
+    def _client_level_share(self, clipped: np.ndarray, bound, r: int) -> np.ndarray:
+        """Under secure aggregation: the clipped update plus this client's share
+        ``N(0, (σC)^2 / m)`` of the round's noise, ``m`` the cohort (the clients whose
+        shares make up the noise; :func:`horizontal.dp.fedavg.secure_client_vector`)."""
+        m = int(self._secure.setup.n)
+        plan = client_plan(self.config.dp, m, m, secure=True)
+        return secure_client_vector(clipped, secret=self.dp_secret, round=r, client=self.name,
+                                    plan=plan, clip_norm=float(bound), adaptive=False)
+
+    def _clip_for_client_level(self, shared: np.ndarray, bound, r: int):
+        """Client-level DP: the update clipped to the round's bound (sent by the server)
+        and the unclipped indicator."""
+        if isinstance(bound, bool) or not isinstance(bound, int | float | np.floating) or not (
+            np.isfinite(bound) and bound > 0
+        ):
+            raise ProtocolError(
+                f"client {self.name!r} got no valid clip bound with the round {r} model "
+                f"({bound!r}); client-level DP needs a finite positive one"
+            )
+        return clip_client_update(shared, float(bound))
 
     @handles("fit.collect")
     def on_collect(self, msg: Message) -> list[Message]:
@@ -250,25 +358,45 @@ class HospitalClient(Party):
         delta = w_new - p["start"]
         if self.personal_head is not None:
             self.personal_head = w_new[self.model.head_mask].copy()
-        update = self.ef.compress(delta[self.shared], c.compression, enabled=c.error_feedback,
+        shared, unclipped = delta[self.shared], None
+        if c.dp is not None and c.dp.level == "client":
+            shared, unclipped = self._clip_for_client_level(shared, p["clip_norm"], r)
+        update = self.ef.compress(shared, c.compression, enabled=c.error_feedback,
                                   seed_parts=(c.seed, r, self.name),
                                   topk_fraction=c.topk_fraction)
-        if done == p["full"]:
+        if done == p["full"] and self.dp_plan is None:
             used = np.arange(len(self.train_ids))  # every local epoch covers every row
-        else:
+        else:  # a straggler's steps, or the rows DP-SGD's batches drew
             used = np.unique(pos[:done][bmask[:done] > 0])
         # The common case (every row used) reuses the digest computed at setup; ids are
         # materialized only when a checkpoint asks for them (used_ids).
         digest = self._all_digest if len(used) == len(self.train_ids) else ids_digest(
             self._sorted_ids(used))
+        examples = int(bmask[:done].sum())
+        if self.dp_plan is not None:  # the rows drawn are private; this count is public
+            examples = max(1, round(c.local_epochs * len(self.train_ids) * done / p["full"]))
+        if c.secure_aggregation is not None:  # only the cohort's sum will reach the server
+            self._used[r] = used
+            self.completed_round = r
+            if c.dp is not None and c.dp.level == "client":
+                # distributed noise: this client's share is added before masking, so the
+                # server never sees a noiseless sum; every client at weight 1
+                shared = self._client_level_share(shared, p["clip_norm"], r)
+                examples = int(c.secure_aggregation.max_weight)
+            return self.secure_advertise(r, shared, examples,
+                                         float(loss) if c.dp is None else 0.0,  # DP: not sent
+                                         partial=done < p["full"])
         payload = {
             "update": update,
-            "num_examples": int(bmask[:done].sum()),
+            "num_examples": examples,
             "steps": int(done),
             "full_steps": int(p["full"]),
-            "loss": float(loss),
+            # under DP the local loss is not privatized, so it is not released
+            "loss": float(loss) if c.dp is None else float("nan"),
             "ids_digest": digest,
         }
+        if unclipped is not None and c.dp.clip == "adaptive":
+            payload["unclipped"] = int(unclipped)
         if self.c_i is not None:
             # SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr)
             c_new = self.c_i - p["control"] + (p["start"] - w_new) / (done * c.client_lr)
@@ -312,7 +440,7 @@ class HospitalClient(Party):
         lr = float(msg.payload.get("lr", c.client_lr))
         pos, bmask = local_batches(self.row_hashes, c.seed, "finetune", self.name, epochs,
                                    c.batch_size)
-        spec = self.spec[:-1] + (lr,)
+        spec = self.spec[:6] + (lr,)  # plain SGD: the fine-tuned model stays here
         job = LocalJob(spec, start, start, np.zeros_like(start), 0.0, self.x_train,
                        self.y_train, pos, bmask, np.ones(len(pos), bool))
         self.finetuned, loss = self.executor.run_now(job)
@@ -352,5 +480,6 @@ class HospitalClient(Party):
             self.personal_head = np.asarray(state.params["personal_head"], np.float32).copy()
         self.completed_round = state.round
         self._pending = None
+        self._secure = None  # a secure aggregation's keys never outlive their round
         self._used = {k: v for k, v in self._used.items() if k <= state.round}
         self.reset_rounds(state.round)

@@ -65,11 +65,26 @@ def compiled(spec: tuple):
     """``(jit(train), jit(vmap(train)))`` for a spec, compiled lazily per shape and cached
     for the process, so repeated runs of one architecture never recompile.
 
-    ``spec = (d_in, hidden, n_outputs, task_kind, n_classes, optimizer, lr)``.
+    ``spec = (d_in, hidden, n_outputs, task_kind, n_classes, optimizer, lr)``, plus
+    ``(("dp-sgd", clip_norm, noise_multiplier),)`` for record-level DP: then ``train`` is
+    :func:`horizontal.dp.dpsgd.make_dp_local_train`'s, with two more arguments, the round's
+    noise key as raw ``uint32[2]`` key data and the expected batch size.
     """
-    d_in, hidden, n_out, kind, n_classes, optimizer, lr = spec
+    d_in, hidden, n_out, kind, n_classes, optimizer, lr, *dp = spec
     model = FlatModel(d_in, hidden, n_out, seed=0)  # graph and layout only; values unused
-    train = make_local_train(model, Task(kind, n_classes), optimizer, lr)
+    if not dp:
+        train = make_local_train(model, Task(kind, n_classes), optimizer, lr)
+        return jax.jit(train), jax.jit(jax.vmap(train))
+    from horizontal.dp.dpsgd import make_dp_local_train
+
+    (_, clip_norm, noise_multiplier), = dp
+    dp_train = make_dp_local_train(model, Task(kind, n_classes), optimizer, lr,
+                                   clip_norm=clip_norm, noise_multiplier=noise_multiplier)
+
+    def train(w_start, anchor, corr, mu, x, y, pos, bmask, active, key_data, expected):
+        return dp_train(w_start, anchor, corr, mu, x, y, pos, bmask, active,
+                        jax.random.wrap_key_data(key_data), expected)
+
     return jax.jit(train), jax.jit(jax.vmap(train))
 
 

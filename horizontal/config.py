@@ -12,7 +12,9 @@ import math
 import numbers
 from dataclasses import dataclass, field, fields
 
+from horizontal.dp.config import DPConfig
 from horizontal.errors import FedConfigError, NoClientsSampledError
+from horizontal.secagg.config import SecAggConfig
 from horizontal.systems import SystemsConfig
 from vfl.core import configs
 from vfl.core.tasks import Task
@@ -54,6 +56,13 @@ class FedConfig:
     on_bad_update: str = "drop"  # or "raise"
     on_empty_round: str = "skip"  # "retry" (re-sample other clients) or "raise"
     max_retries: int = 2
+    # differential privacy (horizontal.dp.config); None: none. Written to JSON only when
+    # set, so the digests of configs without it are unchanged.
+    dp: DPConfig | None = field(default=None, metadata=configs.codec(omit_default=True))
+    # SecAgg+ (horizontal.secagg.config, horizontal.secure_rounds): the server learns only
+    # each round's sum. None: plaintext updates. Written to JSON only when set.
+    secure_aggregation: SecAggConfig | None = field(
+        default=None, metadata=configs.codec(omit_default=True))
 
     def __post_init__(self):
         checks = [
@@ -128,6 +137,63 @@ class FedConfig:
             raise FedConfigError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.algorithm == "scaffold" and self.client_optimizer != "sgd":
             raise FedConfigError("SCAFFOLD's control variates assume client_optimizer='sgd'")
+        self._check_dp()
+        self._check_secure_aggregation()
+
+    def _check_secure_aggregation(self) -> None:
+        sa = self.secure_aggregation
+        if sa is None:
+            return
+        if not isinstance(sa, SecAggConfig):
+            raise FedConfigError(f"secure_aggregation must be a SecAggConfig or None, got "
+                                 f"{type(sa).__name__}")
+        # The server holds only the sum of a round's updates: whatever needs one client's
+        # update on its own cannot run on it.
+        if self.aggregator != "mean":
+            raise FedConfigError(
+                f"secure aggregation reveals only the sum of the updates; aggregator="
+                f"{self.aggregator!r} needs each client's update (robust aggregators rank or "
+                "compare individual updates). Use aggregator='mean' or turn it off")
+        if self.compression != "none":
+            raise FedConfigError(
+                f"compression={self.compression!r} cannot be combined with secure aggregation: "
+                "the update is masked in Z_2^bits after its own fixed-point quantization, and "
+                "a compressed, rescaled or sparsified update would not add up to the sum. Use "
+                "compression='none' (secure_aggregation.bits sets the bytes per value)")
+        if self.algorithm == "scaffold":
+            raise FedConfigError(
+                "SCAFFOLD sends each client's control delta in the clear, which secure "
+                "aggregation exists to prevent; use algorithm='fedavg'")
+        if self.clients_per_round is not None and self.clients_per_round < 3:
+            raise FedConfigError(
+                f"secure aggregation needs at least 3 clients per round, got "
+                f"clients_per_round={self.clients_per_round}: with two, each learns the "
+                "other's update from the sum")
+
+    def _check_dp(self) -> None:
+        dp = self.dp
+        if dp is None:
+            return
+        if not isinstance(dp, DPConfig):
+            raise FedConfigError(f"dp must be a DPConfig or None, got {type(dp).__name__}")
+        if dp.level == "client":
+            # The noisy mean's sensitivity is the clip bound of one client's update: a
+            # median, trimmed mean or Krum has another sensitivity, and SCAFFOLD's control
+            # deltas would leave every client unclipped and without noise.
+            if self.aggregator != "mean":
+                raise FedConfigError(
+                    f"client-level DP (DP-FedAvg) needs aggregator='mean', got "
+                    f"{self.aggregator!r}; robust aggregators have another sensitivity")
+            if self.algorithm == "scaffold":
+                raise FedConfigError(
+                    "client-level DP does not cover SCAFFOLD's control deltas (they would be "
+                    "sent unclipped and without noise); use algorithm='fedavg' or record-level "
+                    "DP")
+            if dp.clip == "adaptive" and self.secure_aggregation is not None:
+                raise FedConfigError(
+                    "client-level adaptive clipping under secure aggregation would need the "
+                    "unclipped count summed securely too, which the secure rounds do not carry; "
+                    "use clip='fixed' (its noise is added by the clients in shares)")
 
     @property
     def effective_server_lr(self) -> float:

@@ -15,9 +15,10 @@ through the engine as the coordinator: a deployed client's server *is* the coord
 the ServerApp, which holds the server, reads it, as the server does in one process.
 :class:`ServerSide` makes that invisible to the server and the trainer: it delivers messages
 for the server here and relays the clients' messages for the server (``setup.stats``,
-``fit.update``) to it under its name. Every message, its order per party, the sampling,
-drop-outs and refusals are those of the in-memory run, so the global model is bitwise the
-same.
+``fit.update``, and under secure aggregation the ``secagg.*`` inputs) to it under its name.
+Every message, its order per party, the sampling, drop-outs and refusals are those of the
+in-memory run, so the global model is bitwise the same (with secure aggregation too: the
+masks cancel exactly, whatever keys each node drew).
 """
 
 from __future__ import annotations
@@ -62,7 +63,14 @@ def make_client(options: dict):
         )
     table = PartyTable.from_file(options["data"], options["id_column"],
                                  options["label_column"])
-    client = HospitalClient(options["party"], table, LocalExecutor("loop"), server=COORDINATOR)
+    # Differential privacy samples and noises with a secret only this hospital holds: from
+    # os.urandom, unless its operator pins one (--dp-secret-file, never sent anywhere).
+    secret_file = options.get("dp_secret_file")
+    if secret_file and not Path(secret_file).is_file():
+        raise ConfigError(f"--dp-secret-file {secret_file}: no such file")
+    secret = Path(secret_file).read_text().strip() if secret_file else None
+    client = HospitalClient(options["party"], table, LocalExecutor("loop"), server=COORDINATOR,
+                            dp_secret=secret)
     return client, save_state
 
 
@@ -181,6 +189,8 @@ def _round_summary(s: dict) -> dict:
            "loss": s["loss"], "bytes_up": s["bytes_up"], "seconds": s["seconds"]}
     if "examples" in s:
         out["examples"] = s["examples"]
+    if "aborted" in s:  # secure aggregation: too many dropouts, nothing unmasked
+        out["aborted"] = s["aborted"]
     return out
 
 
@@ -228,6 +238,8 @@ def run_job(transport, config: dict, log=print) -> dict:
         rounds.append(s)
         note = "skipped (no usable update)" if s["skipped"] else (
             f"{len(s['participants'])} clients, loss {s['loss']:.5f}")
+        if "aborted" in s:
+            note += f"; secure aggregation aborted: {s['aborted']}"
         if s["dropped"]:
             note += f", dropped {s['dropped']}"
         if s["rejected"]:

@@ -9,6 +9,7 @@ corrupts the global model; the round policy (``FedConfig.on_bad_update`` and
 
 from __future__ import annotations
 
+from horizontal.secagg.errors import TooManyDropoutsError
 from vfl.core.errors import ConfigError, ProtocolError, SchemaMismatchError, VFLError
 
 
@@ -67,3 +68,9 @@ class InvalidSetupStatsError(BadUpdateError, ValueError):
 
 class PooledScalerError(HorizontalError, ValueError):
     """The clients' statistics, each valid, overflow float64 when pooled."""
+
+
+class SecureRoundAbortedError(EmptyRoundError, TooManyDropoutsError):
+    """Too many clients dropped out of a round's secure aggregation (more than ``n - t`` at
+    some stage, or a secret with fewer than ``t`` live holders): nothing was unmasked, and
+    the global model is unchanged."""

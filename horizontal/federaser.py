@@ -133,6 +133,12 @@ def check_supported(config: FedConfig) -> None:
             f"FedEraser removal supports plain FedAvg only; this run has {bad}. Use an exact "
             "retrain without the client instead"
         )
+    if config.secure_aggregation is not None:
+        raise MethodUnavailableError(
+            "FedEraser removal replays each client's own update, which secure aggregation "
+            "never lets the server see (only each round's sum); use an exact retrain "
+            "without the client instead"
+        )
 
 
 _check = check_supported  # the earlier private name

@@ -9,6 +9,20 @@ message kind only from its allowed sender (:attr:`FedServer.SENDERS`), and on
 ``round.aggregate`` combines the stored updates with the configured aggregator and takes
 one server-optimizer step. The new global model is committed in one assignment at the
 end, so a failure anywhere in a round leaves the previous global model intact.
+
+Under secure aggregation (``FedConfig.secure_aggregation``) the server never holds one
+client's update: it relays the SecAgg+ keys and ciphertexts of the round's cohort, sums the
+masked inputs and, on ``round.aggregate``, unmasks the sum and divides it
+(:mod:`horizontal.secure_rounds`); a plaintext ``fit.update`` is refused. Per-update
+validation is then the clients' own (each clips into the ring and withholds a non-finite
+update), and too many dropouts abort the round before anything is committed.
+
+Client-level differential privacy (``FedConfig.dp.level == "client"``, DP-FedAvg,
+:mod:`horizontal.dp.fedavg`): the server sends the round's clip bound with the global model,
+clips every update to it again, and replaces the aggregator by the noisy mean (sum plus
+``N(0, (σC)^2)``, divided by the expected number of clients), with noise keyed by its own
+secret (:attr:`FedServer.dp_secret`, party-local); under adaptive clipping it moves the bound
+by the noisy fraction of unclipped updates the clients report.
 """
 
 from __future__ import annotations
@@ -20,6 +34,16 @@ import optax
 
 from horizontal.compression import decode
 from horizontal.config import FedConfig
+from horizontal.dp.clipping import AdaptiveClipState, adaptive_clipping
+from horizontal.dp.fedavg import central_noisy_mean, clip_count_key
+from horizontal.dp.ledger import (
+    ClientPlan,
+    client_plan,
+    fresh_secret,
+    secret_text,
+    secure_min_survivors,
+    simulation_secret,
+)
 from horizontal.errors import (
     EmptyRoundError,
     InflatedExampleCountError,
@@ -30,6 +54,8 @@ from horizontal.errors import (
     UpdateShapeError,
 )
 from horizontal.flat_model import FlatModel
+from horizontal.secagg import SecAggProtocolError, TooManyDropoutsError
+from horizontal.secure_rounds import SecureServer
 from horizontal.strategies import aggregate, server_optimizer
 from vfl.core.errors import ProtocolError, UnexpectedSenderError
 from vfl.core.keyed import sample_clients
@@ -53,9 +79,10 @@ def _is_real(v) -> bool:
     )
 
 
-class FedServer(Party):
-    """Only the coordinator may drive the server (setup, rounds, evaluation requests); only
-    invited clients may send ``setup.stats`` and only members ``fit.update``
+class FedServer(SecureServer, Party):
+    """Only the coordinator may drive the server (setup, rounds, secure-aggregation stages,
+    evaluation requests); only invited clients may send ``setup.stats`` and only members
+    ``fit.update`` or the ``secagg.*`` inputs, these only from the round's cohort
     (:attr:`SENDERS`, checked in :meth:`handle` before any handler runs)."""
 
     SENDERS = {
@@ -68,14 +95,35 @@ class FedServer(Party):
         "finetune.request": "coordinator",
         "setup.stats": "invited",
         "fit.update": "member",
+        "secagg.collect_keys": "coordinator",
+        "secagg.collect_shares": "coordinator",
+        "secagg.collect_masked": "coordinator",
+        "secagg.advertise": "member",
+        "secagg.shares": "member",
+        "secagg.masked": "member",
+        "secagg.reveal": "member",
     }
 
-    def __init__(self, name: str = SERVER):
+    def __init__(self, name: str = SERVER, *, dp_secret: str | bytes | None = None):
         super().__init__(name)
         self.config: FedConfig | None = None
         self.invited: list[str] = []
         self.members: list[str] = []
         self._rows: dict[str, int] = {}
+        # Client-level DP noise comes from a secret only the server holds (party-local:
+        # never sent or checkpointed); os.urandom unless pinned (horizontal.dp.ledger).
+        self.dp_secret = fresh_secret() if dp_secret is None else secret_text(dp_secret)
+        self.dp_secret_pinned = dp_secret is not None
+        self.dp_plan: ClientPlan | None = None
+        self.dp_clip = None
+        self._adaptive = None
+
+    def use_simulation_secret(self, seed: int) -> None:
+        """**In-memory simulation only**: the DP secret derived from the public seed
+        (:func:`~horizontal.dp.ledger.simulation_secret`) for bitwise reproducible runs; a
+        pinned secret is kept."""
+        if not self.dp_secret_pinned:
+            self.dp_secret = simulation_secret(seed, self.name)
 
     def handle(self, message: Message) -> list[Message]:
         self._check_sender(message)
@@ -169,6 +217,8 @@ class FedServer(Party):
             raise EmptyRoundError("no client completed setup; check the clients' schemas")
         c = self.config
         self.members = sorted(self._stats)
+        if c.secure_aggregation is not None:  # refused before any round: a clear error
+            self.secure_check_setup()
         n = sum(v["n"] for v in self._stats.values())
         with np.errstate(over="ignore", invalid="ignore"):
             mean = sum(v["sum"] for v in self._stats.values()) / n
@@ -196,10 +246,59 @@ class FedServer(Party):
         self._inbox: dict[str, dict] = {}
         self._sampled: set[str] = set()
         self._round: int | None = None
+        self._dp_setup()
         out = [self.send(m, "setup.scaler", Label.PUBLIC, {"mean": mean, "scale": scale})
                for m in self.members]
         done = {"members": self.members, "n_params": self.model.size}
         return out + [self.send(COORDINATOR, "setup.done", Label.PUBLIC, done)]
+
+    # -- client-level differential privacy ------------------------------------------------------
+    def _dp_setup(self) -> None:
+        c = self.config
+        self.dp_plan, self.dp_clip, self._adaptive = None, None, None
+        if c.dp is None or c.dp.level != "client":
+            return
+        m = c.sample_size(len(self.members))
+        secure = getattr(c, "secure_aggregation", None) is not None
+        self.dp_plan = client_plan(c.dp, len(self.members), m, secure=secure,
+                                   surviving=secure_min_survivors(c, m))
+        if c.dp.clip == "adaptive":
+            self._adaptive = adaptive_clipping(
+                expected_clients=m, initial_clip_norm=c.dp.clip_norm,
+                target_unclipped_quantile=c.dp.target_unclipped_quantile,
+                learning_rate=c.dp.clip_learning_rate,
+                clipped_count_stddev=self.dp_plan.clipped_count_stddev)
+            self.dp_clip = np.float32(self._adaptive.init().clip_norm)
+        else:
+            self.dp_clip = np.float32(c.dp.clip_norm)
+
+    def _dp_check_shares(self, r: int) -> None:
+        """Under secure aggregation the noise arrives in shares, one per masked input: a
+        sum of fewer inputs than the accounting assumed is not unmasked."""
+        s = self._secure
+        arrived = len(s.state.u3) if s is not None and s.state is not None else 0
+        if arrived < self.dp_plan.min_clients:
+            self._secure = None
+            raise TooManyDropoutsError(
+                f"round {r}: only {arrived} masked inputs arrived, each carrying a share of "
+                f"the DP noise; the privacy accounting assumes at least "
+                f"{self.dp_plan.min_clients} (dp.min_clients / the secure threshold), so the "
+                "sum is not unmasked")
+
+    def _dp_mean(self, updates: np.ndarray, r: int) -> np.ndarray:
+        """DP-FedAvg's noisy mean of the round's updates (each clipped again here)."""
+        return central_noisy_mean(updates, clip_norm=float(self.dp_clip), plan=self.dp_plan,
+                                  secret=self.dp_secret, round=r)
+
+    def _dp_next_clip(self, names: list[str], r: int):
+        """Adaptive clipping: the next round's bound from the noisy unclipped fraction of
+        this round's reports (the bound is unchanged under fixed clipping)."""
+        if self._adaptive is None:
+            return self.dp_clip
+        flags = np.array([self._inbox[k]["unclipped"] for k in names], np.float32)
+        state, _ = self._adaptive.update(flags, AdaptiveClipState(jnp.float32(self.dp_clip)),
+                                         clip_count_key(self.dp_secret, r))
+        return np.float32(state.clip_norm)
 
     def _server_step(self, w, opt_state, delta):
         updates, opt_state = self.tx.update(-delta, opt_state, w)
@@ -215,6 +314,10 @@ class FedServer(Party):
         payload = {"global": self.w}
         if self.control is not None:
             payload["control"] = self.control
+        if self.dp_plan is not None:  # client-level DP: the round's clip bound (public)
+            payload["clip_norm"] = float(self.dp_clip)
+        if self.config.secure_aggregation is not None:  # the cohort of this aggregation
+            payload |= self.secure_open(r, attempt, chosen)
         return [self.send(c, "fit", Label.PUBLIC, payload, round=r) for c in chosen]
 
     @handles("round.start")
@@ -239,6 +342,11 @@ class FedServer(Party):
     def on_update(self, msg: Message) -> list[Message]:
         """Validate, then store. Raises before storing anything if the update is bad."""
         client, r, p = msg.sender, msg.round, msg.payload
+        if self.config.secure_aggregation is not None:
+            raise SecAggProtocolError(
+                f"{client!r} sent a plaintext update, but this federation aggregates "
+                "securely: only the sum of the round's masked inputs may reach the server. "
+                "The update is refused and not stored")
         if r != self._round or client not in self._sampled:
             raise ProtocolError(f"{client!r} sent an update for round {r}, which it was not "
                                 "asked for")
@@ -272,6 +380,14 @@ class FedServer(Party):
                 "values (diverged local training? lower client_lr); it is not used"
             )
         entry = {"delta": delta, "n": n, "loss": float(loss), "partial": int(steps) < int(full)}
+        if self._adaptive is not None:
+            flag = p.get("unclipped")
+            if not _is_int(flag) or flag not in (0, 1):
+                raise UpdateShapeError(
+                    client, f"update from client {client!r} in round {r} has no unclipped "
+                    f"indicator 0 or 1 ({flag!r}); adaptive clipping needs one. It is not used."
+                )
+            entry["unclipped"] = int(flag)
         if self.control is not None:
             try:
                 dc = np.asarray(p.get("delta_c", []), dtype=np.float32)
@@ -293,13 +409,32 @@ class FedServer(Party):
     @handles("round.aggregate")
     def on_aggregate(self, msg: Message) -> list[Message]:
         r, c = msg.round, self.config
-        if r != self._round or not self._inbox:
-            raise EmptyRoundError(f"round {r} has no usable update to aggregate")
-        names = sorted(self._inbox)
-        updates = np.stack([self._inbox[k]["delta"] for k in names])
-        weights = np.array([self._inbox[k]["n"] for k in names], dtype=np.float64)
-        agg = aggregate(c.aggregator, updates, weights, trim_fraction=c.trim_fraction,
-                        krum_f=c.krum_f)
+        secure = None
+        clip = self.dp_clip  # client-level DP: the next round's clip bound
+        if c.secure_aggregation is not None:  # only the cohort's sum exists here (SecAgg+)
+            if self.dp_plan is not None:  # never unmask a sum with too few noise shares
+                self._dp_check_shares(r)
+            names, agg, examples, loss, secure = self.secure_sum(r)
+            if self.dp_plan is not None:  # client-level DP: the clients' noise is in the sum,
+                # each at weight 1; divide by the expected clients, not by those that arrived
+                agg = agg * (len(names) / self.dp_plan.clients_per_round)
+            if c.dp is not None:  # not privatized: not released (the clients send 0)
+                loss = float("nan")
+        else:
+            if r != self._round or not self._inbox:
+                raise EmptyRoundError(f"round {r} has no usable update to aggregate")
+            names = sorted(self._inbox)
+            updates = np.stack([self._inbox[k]["delta"] for k in names])
+            weights = np.array([self._inbox[k]["n"] for k in names], dtype=np.float64)
+            if self.dp_plan is not None:  # client-level DP: clipped, noisy, unweighted mean
+                agg = self._dp_mean(updates, r)
+                clip = self._dp_next_clip(names, r)
+            else:
+                agg = aggregate(c.aggregator, updates, weights, trim_fraction=c.trim_fraction,
+                                krum_f=c.krum_f)
+            losses = np.array([self._inbox[k]["loss"] for k in names])
+            examples = int(weights.sum())
+            loss = float(np.sum(losses * weights) / weights.sum())
         full = np.zeros(self.model.size, np.float32)
         full[self.shared] = agg.astype(np.float32)
         w, opt_state = self._step(jnp.asarray(self.w), self.opt_state, jnp.asarray(full))
@@ -313,13 +448,14 @@ class FedServer(Party):
         if control is not None:
             dc = np.mean([self._inbox[k]["delta_c"] for k in names], axis=0)
             control = (control + len(names) / len(self.members) * dc).astype(np.float32)
-        losses = np.array([self._inbox[k]["loss"] for k in names])
         # Commit: nothing above mutated the server's state.
         self.w, self.opt_state, self.control = w, opt_state, control
+        self.dp_clip = clip
+        if secure is not None:
+            self.secure_result = secure
         self.completed_round = r
         self._inbox = {}
-        done = {"round": r, "clients": names, "examples": int(weights.sum()),
-                "loss": float(np.sum(losses * weights) / weights.sum())}
+        done = {"round": r, "clients": names, "examples": examples, "loss": loss}
         return [self.send(COORDINATOR, "round.done", Label.PLAINTEXT_BY_DESIGN, done, round=r)]
 
     # -- evaluation and personalization requests ----------------------------------------------
@@ -347,6 +483,8 @@ class FedServer(Party):
         extra = {"members": list(self.members)}
         if self.control is not None:
             extra["control"] = self.control.copy()
+        if self.dp_clip is not None:
+            extra["dp_clip"] = np.asarray(self.dp_clip, np.float32)
         return PartyState(self.name, self.completed_round, {"global": self.w.copy()}, leaves,
                           np.zeros(2, np.uint32), self.config.digest(), extra)
 
@@ -358,6 +496,9 @@ class FedServer(Party):
         self.w = np.asarray(state.params["global"], np.float32).copy()
         if self.control is not None:
             self.control = np.asarray(state.extra["control"], np.float32).copy()
+        if self.dp_clip is not None:
+            self.dp_clip = np.float32(np.asarray(state.extra["dp_clip"]))
         self.completed_round = state.round
         self._inbox, self._sampled, self._round = {}, set(), None
+        self._secure = None
         self.reset_rounds(state.round)

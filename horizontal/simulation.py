@@ -46,10 +46,30 @@ class LocalJob:
     pos: np.ndarray  # (S, B) int32
     bmask: np.ndarray  # (S, B) float32
     active: np.ndarray  # (S,) bool
+    # record-level DP (a spec ending in ("dp-sgd", clip, sigma)): the round's noise key as
+    # uint32[2] key data, from the client's own secret, and the expected batch size
+    key: np.ndarray | None = None
+    expected_batch: float = 0.0
 
 
 def _round_up(n: int, m: int) -> int:
     return max(m, -(-n // m) * m)
+
+
+def _width(job: LocalJob) -> int:
+    """The batch width a job runs at: its own, or for record-level DP (each client has its
+    own Poisson capacity) rounded up to a multiple of 64, so clients share one program."""
+    w = job.pos.shape[1]
+    return _round_up(w, 64) if len(job.spec) > 7 else w
+
+
+def _dp_args(job: LocalJob) -> tuple:
+    """The two extra arguments of a record-level DP program (none otherwise)."""
+    if len(job.spec) <= 7:
+        return ()
+    if job.key is None or not job.expected_batch > 0:
+        raise FedConfigError("a record-level DP job needs its noise key and expected batch size")
+    return np.asarray(job.key, np.uint32).reshape(2), np.float32(job.expected_batch)
 
 
 class LocalExecutor:
@@ -135,15 +155,15 @@ class LocalExecutor:
             x[: len(y)] = job.x
             y = np.zeros((n_pad,), job.y.dtype)
             y[: len(job.y)] = job.y
-            s = len(active)
-            pos = np.zeros((s_pad, pos.shape[1]), np.int32)
-            pos[:s] = job.pos
-            bmask = np.zeros((s_pad, bmask.shape[1]), np.float32)
-            bmask[:s] = job.bmask
+            s, w, wb = len(active), _width(job), pos.shape[1]
+            pos = np.zeros((s_pad, w), np.int32)
+            pos[:s, :wb] = job.pos
+            bmask = np.zeros((s_pad, w), np.float32)
+            bmask[:s, :wb] = job.bmask
             active = np.zeros((s_pad,), bool)
             active[:s] = job.active
         w, loss = single(job.w_start, job.anchor, job.corr, np.float32(job.mu), x, y, pos,
-                         bmask, active)
+                         bmask, active, *_dp_args(job))
         self.programs_run += 1
         return np.asarray(w), float(loss)
 
@@ -151,8 +171,13 @@ class LocalExecutor:
         _, batched = compiled(spec)
         n_pad = max(self.n_rows, _round_up(max(len(j.y) for j in jobs), 64))
         s_pad = max(self.n_steps, _round_up(max(len(j.active) for j in jobs), 8))
-        d, b, p = jobs[0].x.shape[1], jobs[0].pos.shape[1], len(jobs[0].w_start)
-        per_client = 4 * (n_pad * (d + 1) + s_pad * b * 2 + s_pad + 3 * p)
+        # Batch widths may differ (record-level DP: each client's Poisson capacity); padding
+        # columns have mask 0 and contribute exact zeros.
+        d, p = jobs[0].x.shape[1], len(jobs[0].w_start)
+        b = max(_width(j) for j in jobs)
+        dp = len(spec) > 7
+        per_client = 4 * (n_pad * (d + 1) + s_pad * b * 2 + s_pad + 3 * p
+                          + (b * p if dp else 0))  # DP: one step's per-example gradients
         chunk = max(1, min(self.chunk or len(jobs), self.max_chunk_bytes // per_client))
         pending = []
         for start in range(0, len(jobs), chunk):
@@ -167,13 +192,19 @@ class LocalExecutor:
             pos = np.zeros((k, s_pad, b), np.int32)
             bmask = np.zeros((k, s_pad, b), np.float32)
             active = np.zeros((k, s_pad), bool)
+            keys = np.zeros((k, 2), np.uint32)
+            expected = np.ones((k,), np.float32)
             for i, j in enumerate(part):
-                n, s = len(j.y), len(j.active)
+                n, s, wb = len(j.y), len(j.active), j.pos.shape[1]
                 w0[i], anchor[i], corr[i], mu[i] = j.w_start, j.anchor, j.corr, j.mu
                 x[i, :n], y[i, :n] = j.x, j.y
-                pos[i, :s], bmask[i, :s], active[i, :s] = j.pos, j.bmask, j.active
+                pos[i, :s, :wb], bmask[i, :s, :wb], active[i, :s] = j.pos, j.bmask, j.active
+                if dp:
+                    keys[i], expected[i] = _dp_args(j)
+            extra = (keys, expected) if dp else ()
             # Dispatch without waiting: JAX runs the chunks concurrently, one per core.
-            pending.append((len(part), batched(w0, anchor, corr, mu, x, y, pos, bmask, active)))
+            pending.append((len(part), batched(w0, anchor, corr, mu, x, y, pos, bmask, active,
+                                               *extra)))
             self.programs_run += 1
         out = []
         for n_real, (w, loss) in pending:

@@ -13,9 +13,18 @@ per module:
 * :mod:`~horizontal.dp.dpsgd`: record-level DP-SGD for the local update (per-example
   gradients, clipping, noise via ``optax.contrib.differentially_private_aggregate``),
   keyed Poisson and fixed-size batch schedules;
+* :mod:`~horizontal.dp.config`: ``DPConfig``, the ``FedConfig.dp`` setting (record or
+  client level, the budget, the accountant);
+* :mod:`~horizontal.dp.ledger`: what a run spends: each hospital's record-level plan, the
+  client-level plan, the party-local secrets, and the trainer's ``PrivacyLedger`` (the
+  budget guard before and during a run);
+* :mod:`~horizontal.dp.fedavg`: client-level DP-FedAvg in a round: the client's clipping,
+  the server's noisy mean, and the distributed noise shares for secure aggregation;
 * :mod:`~horizontal.dp.errors`: the exceptions (all ``VFLError``).
 
-Nothing here is wired into the trainer yet; ``import horizontal`` does not import it.
+The trainer uses it when ``FedConfig.dp`` is set (:mod:`horizontal.trainer`,
+:mod:`horizontal.client`, :mod:`horizontal.server`); the README's "Differential privacy"
+says what the epsilons mean.
 """
 
 from horizontal.dp.accounting import (
@@ -38,6 +47,7 @@ from horizontal.dp.clipping import (
     clip_update,
     dp_fedavg_mean,
 )
+from horizontal.dp.config import DPConfig
 from horizontal.dp.dpsgd import (
     dp_row_hashes,
     fixed_size_batches,
@@ -58,6 +68,22 @@ from horizontal.dp.errors import (
     PlannedBudgetExceededError,
     PrivacyBudgetError,
 )
+from horizontal.dp.fedavg import (
+    central_noisy_mean,
+    clip_client_update,
+    distributed_noise_multiplier,
+    secure_client_vector,
+    secure_server_mean,
+)
+from horizontal.dp.ledger import (
+    ClientPlan,
+    PrivacyLedger,
+    RecordPlan,
+    client_plan,
+    fresh_secret,
+    record_plan,
+    simulation_secret,
+)
 
 __all__ = [
     "AccountingError",
@@ -66,24 +92,33 @@ __all__ = [
     "BatchCapacityError",
     "BudgetExhaustedError",
     "BudgetGuard",
+    "ClientPlan",
+    "DPConfig",
     "DPConfigError",
     "DPError",
     "GuardState",
     "PlannedBudgetExceededError",
     "PrivacyBudget",
     "PrivacyBudgetError",
+    "PrivacyLedger",
+    "RecordPlan",
     "adaptive_clipping",
     "adaptive_clipping_noise_multiplier",
     "adaptive_clipping_value_noise",
+    "central_noisy_mean",
+    "client_plan",
+    "clip_client_update",
     "clip_update",
     "dp_fedavg_event",
     "dp_fedavg_mean",
+    "distributed_noise_multiplier",
     "dp_row_hashes",
     "dpsgd_event",
     "epsilon",
     "epsilons",
     "fixed_size_batches",
     "fixed_size_gaussian_event",
+    "fresh_secret",
     "gaussian_event",
     "make_dp_local_train",
     "make_dp_value_and_grad",
@@ -92,4 +127,8 @@ __all__ = [
     "per_example_grads",
     "poisson_batch_size",
     "poisson_batches",
+    "record_plan",
+    "secure_client_vector",
+    "secure_server_mean",
+    "simulation_secret",
 ]

@@ -54,7 +54,10 @@ noisy result is released) it raises :class:`~horizontal.dp.errors.BudgetExhauste
 soon as the next round would exceed the budget, leaving the state as it was: the model
 released after the last charged round is within budget. Rounds may differ (σ or ``q`` may
 change between rounds); the state is a ledger of ``(q, σ, count)`` entries composed
-exactly.
+exactly. ``BudgetGuard(..., dataset_size=n)`` charges fixed-size batches of ``round(q·n)``
+of ``n`` records instead of Poisson steps; :meth:`BudgetGuard.charge` is ``update``
+without the check (accounting without a budget). The trainer's account of a run is
+:class:`horizontal.dp.ledger.PrivacyLedger`, one guard state per hospital.
 
 **Adaptive clipping.** Andrew et al. 2021 ("Differentially Private Learning with Adaptive
 Clipping", arXiv:1905.03871, Section 3.1) release two Gaussian queries per round: the
@@ -72,6 +75,7 @@ requires ``2σ_b > σ_z``; the accountant is then charged with ``σ_z``
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -214,6 +218,18 @@ def epsilon(event: dp_accounting.DpEvent, delta: float, accountant: Accountant =
     ``inf`` when the noise is zero.
     """
     delta = _delta(delta)
+    try:  # an RDP curve costs about 0.3 s; plans and guards ask for the same events again
+        return _epsilon_cached(event, delta, accountant)
+    except TypeError:  # an event that cannot be hashed
+        return _epsilon(event, delta, accountant)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epsilon_cached(event: dp_accounting.DpEvent, delta: float, accountant: Accountant) -> float:
+    return _epsilon(event, delta, accountant)
+
+
+def _epsilon(event: dp_accounting.DpEvent, delta: float, accountant: Accountant) -> float:
     replace_one = _samples_without_replacement(event)
     acc = make_accountant(accountant, replace_one=replace_one)
     if not acc.supports(event):
@@ -222,7 +238,10 @@ def epsilon(event: dp_accounting.DpEvent, delta: float, accountant: Accountant =
             + (" with fixed-size sampling; use accountant='rdp' (replace-one relation) or "
                "Poisson sampling" if replace_one else "")
         )
-    acc.compose(event)
+    try:
+        acc.compose(event)
+    except ZeroDivisionError:  # dp_accounting divides by σ for fixed-size sampling: σ = 0
+        return math.inf
     return float(acc.get_epsilon(delta))
 
 
@@ -309,18 +328,29 @@ class BudgetGuard:
     accountant, so they also fit under PLD.
     """
 
-    def __init__(self, budget: PrivacyBudget, accountant: Accountant = "rdp"):
+    def __init__(self, budget: PrivacyBudget, accountant: Accountant = "rdp", *,
+                 dataset_size: int | None = None):
         if accountant not in ACCOUNTANTS:
             raise DPConfigError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
         self.budget = budget
         self.accountant = accountant
+        # ``dataset_size``: the steps draw fixed-size batches of ``round(q · n)`` of these
+        # ``n`` records (sampling without replacement, RDP, replace-one) instead of Poisson.
+        self.dataset_size = None if dataset_size is None else _count(dataset_size, "records")
+
+    def _event(self, q: float, sigma: float, count: int) -> dp_accounting.DpEvent:
+        if self.dataset_size is None:
+            return gaussian_event(sigma, sampling_probability=q, count=count)
+        n = self.dataset_size
+        return fixed_size_gaussian_event(sigma, dataset_size=n, count=count,
+                                         sample_size=min(n, max(1, round(q * n))))
 
     # -- before the run --
     def planned_epsilon(self, *, steps: int, sampling_probability: float,
                         noise_multiplier: float) -> float:
         """The epsilon a run of ``steps`` sampled Gaussian steps would spend."""
-        event = gaussian_event(noise_multiplier, sampling_probability=sampling_probability,
-                               count=steps)
+        event = self._event(_probability(sampling_probability), _noise(noise_multiplier),
+                            _count(steps, "steps"))
         return epsilon(event, self.budget.delta, self.accountant)
 
     def check_plan(self, *, steps: int, sampling_probability: float,
@@ -332,7 +362,9 @@ class BudgetGuard:
         if eps <= self.budget.epsilon:
             return eps
         b = self.budget
-        hints = _fitting_plans(b, steps, float(sampling_probability), float(noise_multiplier))
+        hints = (_fitting_plans(b, steps, float(sampling_probability), float(noise_multiplier))
+                 if self.dataset_size is None else
+                 "raise the noise multiplier σ, plan fewer rounds, or use smaller batches")
         raise PlannedBudgetExceededError(
             f"refusing to start: {steps} steps at sampling probability q={sampling_probability:g} "
             f"with noise multiplier σ={noise_multiplier:g} spend ε={eps:.3f} ({self.accountant}) "
@@ -352,11 +384,10 @@ class BudgetGuard:
         return self.init()
 
     # -- during the run --
-    def update(self, state: GuardState, *, sampling_probability: float,
+    def charge(self, state: GuardState, *, sampling_probability: float,
                noise_multiplier: float, steps: int = 1) -> GuardState:
-        """Charge ``steps`` more sampled Gaussian steps (a round, or a round's local steps)
-        *before* their result is released. Returns the new state, or raises
-        :class:`BudgetExhaustedError` (state unchanged) if the budget would be exceeded."""
+        """The state after ``steps`` more sampled Gaussian steps, whatever the budget says
+        (what :meth:`update` checks; accounting without a guard)."""
         q, s = _probability(sampling_probability), _noise(noise_multiplier)
         steps = _count(steps, "steps")
         ledger = list(state.ledger)
@@ -364,7 +395,16 @@ class BudgetGuard:
             ledger[-1] = (q, s, ledger[-1][2] + steps)
         else:
             ledger.append((q, s, steps))
-        eps = self._ledger_epsilon(ledger)
+        return GuardState(ledger=tuple(ledger), epsilon=self._ledger_epsilon(ledger))
+
+    def update(self, state: GuardState, *, sampling_probability: float,
+               noise_multiplier: float, steps: int = 1) -> GuardState:
+        """Charge ``steps`` more sampled Gaussian steps (a round, or a round's local steps)
+        *before* their result is released. Returns the new state, or raises
+        :class:`BudgetExhaustedError` (state unchanged) if the budget would be exceeded."""
+        new = self.charge(state, sampling_probability=sampling_probability,
+                          noise_multiplier=noise_multiplier, steps=steps)
+        eps = new.epsilon
         if eps > self.budget.epsilon:
             b = self.budget
             raise BudgetExhaustedError(
@@ -376,10 +416,10 @@ class BudgetGuard:
                 spent_epsilon=state.epsilon, next_epsilon=eps, budget_epsilon=b.epsilon,
                 rounds=state.steps,
             )
-        return GuardState(ledger=tuple(ledger), epsilon=eps)
+        return new
 
     def _ledger_epsilon(self, ledger) -> float:
-        events = [gaussian_event(s, sampling_probability=q, count=c) for q, s, c in ledger if c]
+        events = [self._event(q, s, c) for q, s, c in ledger if c]
         if not events:
             return 0.0
         event = events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)

@@ -90,6 +90,7 @@ class TrainHistory(Sequence):
     rounds: int = 0
     seconds: float = 0.0
     summaries: list[dict] = field(default_factory=list)
+    stopped: str | None = None  # why fit stopped before its last round (a privacy budget)
 
     def record(self, summary: dict) -> None:
         """Add one round's summary (and its loss)."""

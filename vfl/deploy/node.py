@@ -115,6 +115,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="vertical: shortest Paillier key this party accepts")
     p.add_argument("--allow-insecure-test-key", action="store_true",
                    help="vertical: accept keys under 2048 bits (tests only)")
+    p.add_argument("--dp-secret-file", default=None,
+                   help="horizontal: a file holding this hospital's differential-privacy "
+                   "secret (sampling and noise; default: fresh from os.urandom)")
     return p
 
 
