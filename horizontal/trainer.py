@@ -136,6 +136,7 @@ class FederatedTrainer(SetupOnce):
         trainer._start(config, transport, LocalExecutor("loop"), server_factory, columns)
         trainer.clients = {}
         trainer.invited = sorted(clients)
+        trainer.remote = True
         return trainer
 
     def _start(self, config, transport, executor, server_factory, columns) -> None:
@@ -150,6 +151,7 @@ class FederatedTrainer(SetupOnce):
         self.excluded: dict[str, str] = {}
         self.sizes: dict[str, dict] = {}
         self.completed_round = -1
+        self.remote = False  # clients on other machines (over()): fit and collect fused
         self._setup_done = False
         self.privacy: PrivacyLedger | None = None
         self.planned_privacy: dict[str, float] = {}
@@ -162,6 +164,29 @@ class FederatedTrainer(SetupOnce):
         refusals = () if self.config.on_bad_update == "raise" else (
             BadUpdateError, ClientSchemaError)
         return FailurePolicy("record", refusals, _blame)
+
+    def _fit_and_collect(self, start: Message, r: int) -> tuple[Routed, Routed]:
+        """Ask the server to start round ``r`` (it sends ``fit`` to its cohort), then collect
+        the updates of the clients it reached. In one process the vectorized executor trains
+        every client between the two (``flush``). With remote clients (:meth:`over`) each
+        hospital trains on its own node when ``fit`` arrives, so ``fit.collect`` rides in the
+        same bundle (``fit`` answers nobody: a final kind): one network round trip per
+        hospital per round, and each client receives exactly the same messages in order."""
+        if not self.remote:
+            fits = self._route([start])
+            reached = [n for n, kind in fits.delivered if kind == "fit"]
+            self.executor.flush()
+            return fits, self._route([self._request(n, "fit.collect", round=r) for n in reached])
+        both = self.coordinator.pipeline(
+            [[start], lambda wave: [self._request(m.receiver, "fit.collect", round=r)
+                                    for m in wave if m.kind == "fit"]],
+            final_kinds={"fit"}, policy=self._failure_policy(),
+        )
+        fits = Routed(delivered=[d for d in both.delivered if d[1] != "fit.collect"],
+                      dropped=list(dict.fromkeys(both.dropped)))
+        coll = Routed(back=both.back, rejected=both.rejected,
+                      delivered=[d for d in both.delivered if d[1] == "fit.collect"])
+        return fits, coll
 
     def _request(self, receiver, kind, payload=None, round=None) -> Message:
         return self.coordinator.request(receiver, kind, payload, round)
@@ -268,7 +293,7 @@ class FederatedTrainer(SetupOnce):
                 start = self._request(SERVER, "round.retry",
                                       {"round": r, "attempt": attempt, "exclude": sorted(tried)})
             try:
-                fits = self._route([start])
+                fits, coll = self._fit_and_collect(start, r)
             except TooManyDropoutsError as exc:  # secure: too few clients left to retry with
                 aborted = str(exc)
                 break
@@ -276,9 +301,7 @@ class FederatedTrainer(SetupOnce):
             reached = [n for n, kind in fits.delivered if kind == "fit"]
             tried |= set(reached) | set(fits.dropped)
             trained |= set(reached)
-            self.executor.flush()
-            coll = self._route([self._request(n, "fit.collect", round=r) for n in reached])
-            dropped += coll.dropped
+            dropped += [n for n in coll.dropped if n not in fits.dropped]
             rejected |= {k: str(v) for k, v in coll.rejected.items()}
             missed += [m.sender for m in coll.back if m.kind == "fit.missed"]
             usable = sum(1 for m in coll.back if m.kind == "fit.accepted" and m.payload["usable"])

@@ -117,6 +117,9 @@ def test_fedavg_with_sampling_and_compression_equals_the_in_memory_run(hospitals
     result, logged = _deployed(files, tables["hospital_0"].columns, config, tmp_path)
 
     _same_run(result, trainer, history, evaluation)
+    # One network round trip per hospital per round: fit and fit.collect in one bundle.
+    first, last = result["train_waves"]
+    assert last - first + 1 == config.rounds
     assert len({tuple(s["participants"]) for s in result["summaries"]}) > 1  # sampled
     assert any(s["dropped"] for s in result["summaries"])  # a simulated drop-out
     assert [line for line in logged if line.startswith("round ")][-1].startswith("round 4/4")
