@@ -154,11 +154,7 @@ class ServerSide:
     def _handle_here(self, message: Message):
         handler = self._local[message.receiver]
         data = message.to_bytes()
-        self.transcript.record(TranscriptEntry(
-            sender=message.sender, receiver=message.receiver, kind=message.kind,
-            label=str(message.label), round=message.round,
-            label_dependent=message.label_dependent, bytes=len(data),
-        ))
+        self.transcript.record(TranscriptEntry.of(message, len(data)))
         try:
             replies = handler.handle(Message.from_bytes(data)) or []
         except Exception as exc:  # the coordinator's policy decides (record or raise)

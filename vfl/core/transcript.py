@@ -23,6 +23,13 @@ class TranscriptEntry:
     # coordinator, a networked engine) saw the header and the size only.
     sealed: bool = False
 
+    @classmethod
+    def of(cls, message, size: int, *, sealed: bool = False) -> TranscriptEntry:
+        """The entry of ``message`` (a :class:`~vfl.core.messages.Message`) that crossed as
+        ``size`` bytes."""
+        return cls(message.sender, message.receiver, message.kind, str(message.label),
+                   message.round, message.label_dependent, size, sealed)
+
 
 class Transcript:
     """An append-only list of :class:`TranscriptEntry`, with summaries."""

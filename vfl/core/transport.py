@@ -71,17 +71,7 @@ class InMemoryTransport:
 
     def encode(self, message: Message) -> bytes:
         data = message.to_bytes()
-        self.transcript.record(
-            TranscriptEntry(
-                sender=message.sender,
-                receiver=message.receiver,
-                kind=message.kind,
-                label=str(message.label),
-                round=message.round,
-                label_dependent=message.label_dependent,
-                bytes=len(data),
-            )
-        )
+        self.transcript.record(TranscriptEntry.of(message, len(data)))
         return data
 
     def deliver(self, message: Message) -> list[Message]:

@@ -28,6 +28,7 @@ What the host adds around the party, and nothing else:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -237,6 +238,18 @@ def forward(path: str | Path, bundle: bytes, timeout: float | None = None) -> by
     with sock:
         send_frame(sock, bundle)
         return recv_frame(sock)
+
+
+def resolve(registry: dict[str, str], name: str, what: str):
+    """The function ``registry[name]`` names (``module:function``); only names the registry
+    lists, never one that came over the wire (:data:`vfl.deploy.serverapp.JOBS`,
+    :data:`vfl.deploy.node.FACTORIES`)."""
+    try:
+        ref = registry[name]
+    except KeyError:
+        raise ConfigError(f"unknown {what} {name!r}; known: {sorted(registry)}") from None
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def write_json(path: Path, obj) -> None:

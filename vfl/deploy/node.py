@@ -14,7 +14,6 @@ given CA does not verify (:mod:`vfl.deploy.preflight`). Nothing is started then.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ import threading
 from pathlib import Path
 
 from vfl.core.errors import ConfigError, VFLError
-from vfl.deploy.host import PartyHost
+from vfl.deploy.host import PartyHost, resolve
 from vfl.deploy.preflight import check_superlink
 
 #: Mode -> ``module:function(options) -> (party, save)``; ``save(party, out_dir) -> dict``.
@@ -36,12 +35,7 @@ FACTORIES = {
 
 
 def party_factory(mode: str):
-    try:
-        ref = FACTORIES[mode]
-    except KeyError:
-        raise ConfigError(f"unknown mode {mode!r}; known: {sorted(FACTORIES)}") from None
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return resolve(FACTORIES, mode, "mode")
 
 
 def parse_peer_keys(items: list[str]) -> dict[str, bytes]:

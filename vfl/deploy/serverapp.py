@@ -13,7 +13,6 @@ run config.
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from pathlib import Path
@@ -21,8 +20,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from vfl.core.errors import ConfigError
-from vfl.deploy.host import PROFILE, SAVE, write_json
+from vfl.deploy.host import PROFILE, SAVE, resolve, write_json
 from vfl.deploy.transport import FlowerTransport
 
 #: Job name -> ``module:function(transport, config, log) -> dict``.
@@ -35,12 +33,7 @@ app = ServerApp()
 
 
 def job_function(name: str):
-    try:
-        ref = JOBS[name]
-    except KeyError:
-        raise ConfigError(f"unknown job {name!r}; known jobs: {sorted(JOBS)}") from None
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return resolve(JOBS, name, "job")
 
 
 def execute(job, transport: FlowerTransport, config: dict, log=print) -> dict:

@@ -296,14 +296,5 @@ class FlowerTransport:
 
     def _record(self, message: Message, size: int) -> None:
         self.transcript.record(
-            TranscriptEntry(
-                sender=message.sender,
-                receiver=message.receiver,
-                kind=message.kind,
-                label=str(message.label),
-                round=message.round,
-                label_dependent=message.label_dependent,
-                bytes=size,
-                sealed=is_party_to_party(message),
-            )
+            TranscriptEntry.of(message, size, sealed=is_party_to_party(message))
         )
