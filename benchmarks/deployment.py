@@ -243,11 +243,11 @@ def markdown_section(res: dict) -> str:
             f"| {r['mode']} | {r['rounds']} | {r['inmemory_seconds_per_round']:.3f} | "
             f"{r['flower_seconds_per_round']:.2f} | {r['ratio']:.0f}x | "
             f"{r['waves_per_round']:.1f} | {'yes' if r['equal_to_in_memory'] else 'no'} |")
-    stat = next((r["profile"].get("statistic", "mean") for r in res["rows"] if r["profile"]),
-                "mean")
-    lines += ["", f"Where a Flower wave's time goes ({stat} seconds per node per training wave; a "
-              "round is two sequential waves: vertical, the passives' then the active party's "
-              "bundle; horizontal, `fit` then `fit.collect`). Flower's floor is node poll + "
+    lines += ["", "Where a Flower wave's time goes (seconds per node per training wave, the "
+              "statistic after the mode; a "
+              "vertical round is two sequential waves, the passives' then the active party's "
+              "bundle; a horizontal round one, `fit` and `fit.collect` in one bundle). "
+              "Flower's floor is node poll + "
               "ClientApp start + reply; ours is the party host:", "",
               "| mode | node poll (Flower) | ClientApp start (Flower) | party host (ours) | "
               "reply (Flower) | total | Flower's share |", "|---|---|---|---|---|---|---|"]
@@ -255,7 +255,9 @@ def markdown_section(res: dict) -> str:
         f = r["profile"]
         if f:
             floor = f["node_poll"] + f["clientapp_start"] + f["reply"]
-            lines.append(f"| {r['mode']} | {f['node_poll']:.2f} | {f['clientapp_start']:.2f} | "
+            stat = f.get("statistic", "mean")
+            lines.append(f"| {r['mode']} ({stat}) | {f['node_poll']:.2f} | "
+                         f"{f['clientapp_start']:.2f} | "
                          f"{f['party_host']:.3f} | {f['reply']:.2f} | {f['wave_total']:.2f} | "
                          f"{floor:.2f} s ({100 * floor / f['wave_total']:.0f}%) |")
     lines += ["", "The party hosts' own time over the whole run (PSI, setup and the first "
