@@ -285,6 +285,39 @@ def test_shamir_rejects_malformed_input():
         shamir.Share.from_bytes(b"short")
 
 
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(1, 30), data=st.data())
+def test_shamir_is_pycryptodomes_field_both_ways_and_batches_agree(m, data):
+    from Crypto.Protocol.SecretSharing import Shamir as Pycryptodome
+
+    t = data.draw(st.integers(1, m))
+    secrets = [data.draw(st.binary(min_size=32, max_size=32)) for _ in range(3)]
+    batched = shamir.split_many(secrets, t, m)
+    subsets = [data.draw(st.permutations(sh))[: data.draw(st.integers(t, m))] for sh in batched]
+    assert shamir.reconstruct_many(subsets, t) == secrets
+    for secret, subset in zip(secrets, subsets, strict=True):
+        assert shamir.reconstruct(subset, t) == secret
+        use = sorted(subset, key=lambda s: s.index)[:t]  # ours -> pycryptodome
+        for half in (slice(0, 16), slice(16, 32)):
+            assert Pycryptodome.combine([(s.index, s.value[half]) for s in use]) == secret[half]
+    lo = Pycryptodome.split(t, m, secrets[0][:16])  # pycryptodome -> ours
+    hi = Pycryptodome.split(t, m, secrets[0][16:])
+    theirs = [shamir.Share(i, a + b) for (i, a), (_, b) in zip(lo, hi, strict=True)]
+    assert shamir.reconstruct(data.draw(st.permutations(theirs))[:t], t) == secrets[0]
+
+
+def test_shamir_large_indices_and_batch_checks():
+    secret = bytes(range(32))
+    shares = shamir.split(secret, 3, shamir.MAX_SHARES)
+    assert shamir.reconstruct([shares[-1], shares[40000], shares[7]], 3) == secret
+    assert shamir.reconstruct_many([], 2) == []
+    good = shamir.split(secret, 2, 3)
+    with pytest.raises(NotEnoughSharesError):  # one short set refuses the whole batch
+        shamir.reconstruct_many([good, good[:1]], 2)
+    with pytest.raises(SecretSharingError):
+        shamir.split_many([secret, bytes(31)], 2, 3)
+
+
 # -- keys and encrypted shares -------------------------------------------------------------------
 @pytest.mark.parametrize("change", ["byte", "sender", "receiver", "round", "session", "nonce"])
 def test_tampered_or_rebound_encrypted_shares_are_refused(change):
@@ -352,7 +385,37 @@ def test_key_agreement_is_symmetric_and_refuses_degenerate_keys():
     assert "private" not in repr(a.s)
 
 
+def test_batched_key_derivations_equal_the_single_ones():
+    me, peers = sk.ClientKeys.generate(), {v: sk.ClientKeys.generate() for v in "xyz"}
+    ctx = sk.Context("s", 3)
+    pairs = sk.share_keys(me.c.private, {v: k.c.public for v, k in peers.items()}, "me", ctx)
+    seeds = sk.mask_seeds(me.s.private, {v: k.s.public for v, k in peers.items()}, "me", ctx)
+    for v, k in peers.items():
+        assert pairs[v] == (sk.share_key(me.c.private, k.c.public, "me", v, ctx),
+                            sk.share_key(k.c.private, me.c.public, v, "me", ctx))
+        assert seeds[v] == sk.mask_seed(k.s.private, me.s.public, v, "me", ctx)
+    with pytest.raises(KeyAgreementError):
+        sk.agree_many(me.s.private, [peers["x"].s.public, bytes(32)])
+
+
 # -- masks ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [32, 64])
+def test_masks_added_in_place_equal_the_materialized_ones(bits):
+    rng = np.random.default_rng(1)
+    x, seed = _random_ring(rng, 257, bits), bytes(range(1, 33))
+    for me, peer in (("a", "b"), ("b", "a")):
+        for sign in (1, -1):
+            y = x.copy()
+            masks.add_pairwise_mask(y, me, peer, seed, sign=sign)
+            pad = masks.pairwise_mask(me, peer, seed, 257, bits)
+            assert np.array_equal(y, x + pad if sign == 1 else x - pad)
+    y = x.copy()
+    masks.add_self_mask(y, seed, sign=-1)
+    assert np.array_equal(y, x - masks.self_mask(seed, 257, bits))
+    with pytest.raises(ValueError):
+        masks.add_self_mask(x.astype(np.int64), seed)
+
+
 def test_masks_are_deterministic_per_seed_and_pairwise_masks_cancel():
     seed = bytes(range(32))
     m1 = masks.expand_seed(seed, 100, 64)

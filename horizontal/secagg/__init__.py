@@ -16,7 +16,8 @@ One concept per module:
 
 * :mod:`~horizontal.secagg.graph` -- Harary communication graph, degree ``k`` and threshold
   ``t`` from ``n`` and the tolerated dropout and corruption fractions;
-* :mod:`~horizontal.secagg.shamir` -- t-of-m sharing of 32-byte secrets (pycryptodome);
+* :mod:`~horizontal.secagg.shamir` -- t-of-m sharing of 32-byte secrets over GF(2^128)
+  (pycryptodome's field, batched);
 * :mod:`~horizontal.secagg.keys` -- the two X25519 key pairs, HKDF, encrypted shares;
 * :mod:`~horizontal.secagg.masks` -- ChaCha20 expansion of seeds into Z_{2^k} masks;
 * :mod:`~horizontal.secagg.quantize` -- fixed point into the ring, overflow bound;

@@ -31,7 +31,9 @@ fails authentication (:class:`~horizontal.secagg.errors.ShareDecryptionError`).
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -66,7 +68,12 @@ class Context:
     round: int = 0
 
     def encode(self) -> bytes:
-        return _fields(self.session, int(self.round))
+        return _encode_context(self.session, int(self.round))
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_context(session: str, round: int) -> bytes:  # public values, asked once per key
+    return _fields(session, round)
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,8 @@ class KeyPair:
 
     @classmethod
     def generate(cls) -> KeyPair:
-        return cls.from_private(X25519PrivateKey.generate().private_bytes_raw())
+        key = X25519PrivateKey.generate()
+        return cls(key.private_bytes_raw(), key.public_key().public_bytes_raw())
 
     @classmethod
     def from_private(cls, private: bytes) -> KeyPair:
@@ -118,35 +126,69 @@ def public_from_private(private: bytes) -> bytes:
 
 def agree(private: bytes, peer_public: bytes) -> bytes:
     """The raw X25519 shared secret; a low-order peer key (all-zero output) is refused."""
+    return agree_many(private, [peer_public])[0]
+
+
+def agree_many(private: bytes, peer_publics) -> list[bytes]:
+    """:func:`agree` with each of ``peer_publics`` (the private key is loaded once: loading
+    it derives its public key, as long as one agreement)."""
     priv = X25519PrivateKey.from_private_bytes(_check_key(private, "an X25519 private key"))
-    pub = X25519PublicKey.from_public_bytes(_check_key(peer_public, "an X25519 public key"))
-    try:
-        shared = priv.exchange(pub)
-    except ValueError as exc:  # OpenSSL refuses low-order points
-        raise KeyAgreementError(f"degenerate X25519 public key: {exc}") from None
-    if shared == bytes(KEY_BYTES):
-        raise KeyAgreementError("degenerate X25519 public key (all-zero shared secret)")
-    return shared
+    out = []
+    for peer_public in peer_publics:
+        pub = X25519PublicKey.from_public_bytes(_check_key(peer_public, "an X25519 public key"))
+        try:
+            shared = priv.exchange(pub)
+        except ValueError as exc:  # OpenSSL refuses low-order points
+            raise KeyAgreementError(f"degenerate X25519 public key: {exc}") from None
+        if shared == bytes(KEY_BYTES):
+            raise KeyAgreementError("degenerate X25519 public key (all-zero shared secret)")
+        out.append(shared)
+    return out
 
 
 def _hkdf(shared: bytes, info: bytes) -> bytes:
     return HKDF(hashes.SHA256(), KEY_BYTES, None, info).derive(shared)
 
 
+def _mask_info(me: str, peer: str, context: Context) -> bytes:
+    lo, hi = sorted((me, peer))
+    return _LABEL + b"mask" + context.encode() + _fields(lo, hi)
+
+
+def _share_info(sender: str, receiver: str, context: Context) -> bytes:
+    return _LABEL + b"share-key" + context.encode() + _fields(sender, receiver)
+
+
 def mask_seed(s_private: bytes, peer_s_public: bytes, me: str, peer: str,
               context: Context) -> bytes:
     """The 32-byte seed of the pairwise mask between ``me`` and ``peer`` (symmetric: both
     derive the same seed; the server derives it too from a rebuilt ``s_private``)."""
-    lo, hi = sorted((me, peer))
-    info = _LABEL + b"mask" + context.encode() + _fields(lo, hi)
-    return _hkdf(agree(s_private, peer_s_public), info)
+    return _hkdf(agree(s_private, peer_s_public), _mask_info(me, peer, context))
+
+
+def mask_seeds(s_private: bytes, peers: Mapping[str, bytes], me: str,
+               context: Context) -> dict[str, bytes]:
+    """:func:`mask_seed` with each ``peer -> its s public key`` (one key load)."""
+    names = list(peers)
+    shared = agree_many(s_private, [peers[v] for v in names])
+    return {v: _hkdf(z, _mask_info(me, v, context)) for v, z in zip(names, shared, strict=True)}
 
 
 def share_key(c_private: bytes, peer_c_public: bytes, sender: str, receiver: str,
               context: Context) -> bytes:
     """The directional ChaCha20-Poly1305 key for shares from ``sender`` to ``receiver``."""
-    info = _LABEL + b"share-key" + context.encode() + _fields(sender, receiver)
-    return _hkdf(agree(c_private, peer_c_public), info)
+    return _hkdf(agree(c_private, peer_c_public), _share_info(sender, receiver, context))
+
+
+def share_keys(c_private: bytes, peers: Mapping[str, bytes], me: str,
+               context: Context) -> dict[str, tuple[bytes, bytes]]:
+    """For each ``peer -> its c public key``: ``(key me -> peer, key peer -> me)``, the two
+    :func:`share_key` directions from one agreement (the raw secret is the same; HKDF's
+    ``info`` separates them)."""
+    names = list(peers)
+    shared = agree_many(c_private, [peers[v] for v in names])
+    return {v: (_hkdf(z, _share_info(me, v, context)), _hkdf(z, _share_info(v, me, context)))
+            for v, z in zip(names, shared, strict=True)}
 
 
 def _associated_data(sender: str, receiver: str, context: Context) -> bytes:

@@ -48,10 +48,15 @@ def expand_seed(seed: bytes, length: int, bits: int, *, nonce: bytes = _NONCE_SE
     dtype = ring_dtype(bits)
     if len(nonce) != 12:
         raise ValueError("a ChaCha20 nonce is 12 bytes here")
+    return _keystream(seed, length, dtype, nonce).astype(dtype, copy=True)
+
+
+def _keystream(seed: bytes, length: int, dtype: np.dtype, nonce: bytes) -> np.ndarray:
+    """The keystream as a read-only little-endian view (no copy)."""
     encryptor = Cipher(algorithms.ChaCha20(seed, _COUNTER0 + nonce), mode=None).encryptor()
     stream = encryptor.update(bytes(length * dtype.itemsize))
     # keystream words are read little-endian whatever the machine, so masks are portable
-    return np.frombuffer(stream, dtype=dtype.newbyteorder("<")).astype(dtype, copy=True)
+    return np.frombuffer(stream, dtype=dtype.newbyteorder("<"))
 
 
 def self_mask(b: bytes, length: int, bits: int) -> np.ndarray:
@@ -65,6 +70,35 @@ def pairwise_mask(me: str, peer: str, seed: bytes, length: int, bits: int) -> np
         raise ValueError("a client has no pairwise mask with itself")
     pad = expand_seed(seed, length, bits, nonce=_NONCE_PAIR)
     return pad if me < peer else ring_neg(pad)
+
+
+def add_self_mask(total: np.ndarray, b: bytes, *, sign: int = 1) -> None:
+    """``total += sign * PRG(b_u)`` in place (``sign`` is +1 or -1): :func:`self_mask`
+    without materializing it."""
+    _add(total, b, _NONCE_SELF, sign)
+
+
+def add_pairwise_mask(total: np.ndarray, me: str, peer: str, seed: bytes, *,
+                      sign: int = 1) -> None:
+    """``total += sign * pairwise_mask(me, peer, seed, ...)`` in place."""
+    if me == peer:
+        raise ValueError("a client has no pairwise mask with itself")
+    _add(total, seed, _NONCE_PAIR, sign if me < peer else -sign)
+
+
+def _add(total: np.ndarray, seed: bytes, nonce: bytes, sign: int) -> None:
+    if not isinstance(total, np.ndarray) or total.ndim != 1 or total.dtype not in (
+            np.dtype(np.uint32), np.dtype(np.uint64)):
+        raise ValueError("masks are added to a 1-D uint32/uint64 ring vector")
+    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+        raise ValueError(f"a mask seed is {SEED_BYTES} bytes")
+    if sign not in (1, -1):
+        raise ValueError("sign must be +1 or -1")
+    pad = _keystream(seed, len(total), total.dtype, nonce)
+    if sign == 1:
+        np.add(total, pad, out=total, casting="unsafe")  # pad may be the '<' spelling
+    else:
+        np.subtract(total, pad, out=total, casting="unsafe")
 
 
 def ring_neg(x: np.ndarray) -> np.ndarray:

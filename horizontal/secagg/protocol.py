@@ -70,9 +70,9 @@ from horizontal.secagg.keys import (
     Context,
     decrypt_share,
     encrypt_share,
-    mask_seed,
+    mask_seeds,
     public_from_private,
-    share_key,
+    share_keys,
 )
 from horizontal.secagg.quantize import Quantizer
 
@@ -212,6 +212,8 @@ class ClientState:
     # shares (of b_v, of s_v^SK) held for neighbours v in U2
     held: Mapping[str, tuple[shamir.Share, shamir.Share]] = field(default_factory=_empty)
     mask_peers: tuple[str, ...] = ()  # neighbours in U2, masked with in round 2
+    # keys of the shares addressed to me, per neighbour in U1 (derived in round 1)
+    recv_keys: Mapping[str, bytes] = field(default_factory=_empty, repr=False)
 
     def __repr__(self) -> str:
         return f"ClientState(name={self.name!r}, stage={self.stage!r})"
@@ -249,18 +251,20 @@ def client_share_keys(state: ClientState, payload: Mapping) -> tuple[ClientState
             f"{me}: only {len(holders)} holders for my shares (me and {len(peer_keys)} live "
             f"neighbours), fewer than t={setup.t}")
     b = os.urandom(shamir.SECRET_BYTES)
-    b_shares = shamir.split(b, setup.t, len(holders))
-    s_shares = shamir.split(state.keys.s.private, setup.t, len(holders))
+    b_shares, s_shares = shamir.split_many([b, state.keys.s.private], setup.t, len(holders))
+    # one agreement per neighbour gives both directions: me -> v now, v -> me in round 2
+    keys = share_keys(state.keys.c.private, {v: peer_keys[v][0] for v in peer_keys}, me,
+                      setup.context)
     out, own = {}, None
     for holder, bs, ss in zip(holders, b_shares, s_shares, strict=True):
         if holder == me:
             own = (bs, ss)
             continue
-        key = share_key(state.keys.c.private, peer_keys[holder][0], me, holder, setup.context)
-        out[holder] = encrypt_share(key, bs.to_bytes() + ss.to_bytes(), me, holder,
+        out[holder] = encrypt_share(keys[holder][0], bs.to_bytes() + ss.to_bytes(), me, holder,
                                     setup.context)
     new = replace(state, stage="shared", peer_keys=MappingProxyType(peer_keys), b=b,
-                  own_shares=own)
+                  own_shares=own,
+                  recv_keys=MappingProxyType({v: pair[1] for v, pair in keys.items()}))
     return new, {"shares": out}
 
 
@@ -294,8 +298,7 @@ def client_masked_input(state: ClientState, payload: Mapping, update) -> tuple[C
         raise SecAggProtocolError(f"{me}: shares from clients I have no keys of: {unknown}")
     held = {}
     for v in sorted(raw):
-        key = share_key(state.keys.c.private, state.peer_keys[v][0], v, me, setup.context)
-        plain = decrypt_share(key, raw[v], v, me, setup.context)
+        plain = decrypt_share(state.recv_keys[v], raw[v], v, me, setup.context)
         if len(plain) != _PLAINTEXT_BYTES:
             raise ShareDecryptionError(f"{me}: share plaintext from {v!r} has a wrong length")
         bs = shamir.Share.from_bytes(plain[: shamir.SHARE_WIRE_BYTES])
@@ -308,10 +311,12 @@ def client_masked_input(state: ClientState, payload: Mapping, update) -> tuple[C
         raise TooManyDropoutsError(
             f"{me}: only {len(peers)} neighbours shared keys; with me that is fewer than "
             f"t={setup.t}")
-    y = x + masks.self_mask(state.b, setup.length, setup.bits)
+    y = x.copy()
+    masks.add_self_mask(y, state.b)
+    seeds = mask_seeds(state.keys.s.private, {v: state.peer_keys[v][1] for v in peers}, me,
+                       setup.context)
     for v in peers:
-        seed = mask_seed(state.keys.s.private, state.peer_keys[v][1], me, v, setup.context)
-        y += masks.pairwise_mask(me, v, seed, setup.length, setup.bits)
+        masks.add_pairwise_mask(y, me, v, seeds[v])
     new = replace(state, stage="masked", held=MappingProxyType(held), mask_peers=peers)
     return new, {"masked": y}
 
@@ -543,21 +548,26 @@ def server_unmask(state: ServerState, responses: Mapping[str, Mapping]) -> Aggre
             raise MaskReconstructionError(f"server: both masks of {u} would be rebuilt")
 
     total = state.masked_sum.copy()
-    for u in sorted(b_parts):
+    b_names, s_names = sorted(b_parts), sorted(s_parts)
+    for u in b_names:
         reveal(u, "b")
-        b = shamir.reconstruct(b_parts[u], setup.t)
-        total -= masks.self_mask(b, setup.length, setup.bits)
-    for u in sorted(s_parts):
+    for u in s_names:
         reveal(u, "s")
-        s_sk = shamir.reconstruct(s_parts[u], setup.t)
+    # all secrets at once: those rebuilt from the same share indices share one interpolation
+    secrets = shamir.reconstruct_many([b_parts[u] for u in b_names]
+                                      + [s_parts[u] for u in s_names], setup.t)
+    for b in secrets[:len(b_names)]:
+        masks.add_self_mask(total, b, sign=-1)
+    for u, s_sk in zip(s_names, secrets[len(b_names):], strict=True):
         if public_from_private(s_sk) != state.public_keys[u][1]:
             raise SecAggProtocolError(
                 f"server: the mask key rebuilt for {u} does not match its public key "
                 "(a holder sent a wrong share)")
-        for v in g.neighbours[u]:
-            if v in u3:  # v added its pairwise mask with u; u's own term never arrived
-                seed = mask_seed(s_sk, state.public_keys[v][1], u, v, setup.context)
-                total -= masks.pairwise_mask(v, u, seed, setup.length, setup.bits)
+        # each v in U3 added its pairwise mask with u; u's own term never arrived
+        live = [v for v in g.neighbours[u] if v in u3]
+        seeds = mask_seeds(s_sk, {v: state.public_keys[v][1] for v in live}, u, setup.context)
+        for v in live:
+            masks.add_pairwise_mask(total, v, u, seeds[v], sign=-1)
     values = None if setup.quantizer is None else setup.quantizer.dequantize(total)
     return AggregateResult(
         total=total, included=tuple(sorted(u3)),
