@@ -32,10 +32,12 @@ from horizontal.errors import (
     InvalidExampleCountError,
     NoClientsSampledError,
     NonFiniteUpdateError,
+    PrivacyPolicyError,
     SecureRoundAbortedError,
     UpdateShapeError,
 )
 from horizontal.partition import dirichlet_label_skew, iid, natural, quantity_skew
+from horizontal.privacy_policy import PrivacyPolicy
 from horizontal.secagg.config import SecAggConfig
 from horizontal.server import FedServer
 from horizontal.simulation import LocalExecutor
@@ -59,6 +61,8 @@ __all__ = [
     "LocalExecutor",
     "NoClientsSampledError",
     "NonFiniteUpdateError",
+    "PrivacyPolicy",
+    "PrivacyPolicyError",
     "SecAggConfig",
     "SecureRoundAbortedError",
     "SystemsConfig",

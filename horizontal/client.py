@@ -57,6 +57,7 @@ from horizontal.dp.ledger import (
 )
 from horizontal.errors import ClientSchemaError, FedConfigError
 from horizontal.flat_model import FlatModel
+from horizontal.privacy_policy import PrivacyAccount, PrivacyPolicy
 from horizontal.secure_rounds import SecureClient
 from horizontal.simulation import LocalExecutor, LocalJob
 from vfl.core.errors import PayloadShapeError, ProtocolError, UnexpectedSenderError
@@ -89,8 +90,12 @@ class HospitalClient(SecureClient, Party):
     }
 
     def __init__(self, name: str, table: PartyTable, executor: LocalExecutor,
-                 server: str = SERVER, *, dp_secret: str | bytes | None = None):
+                 server: str = SERVER, *, dp_secret: str | bytes | None = None,
+                 policy: PrivacyPolicy | None = None):
         super().__init__(name)
+        # The operator's own privacy minimum (never from the wire) and the epsilon this
+        # hospital has spent on its rows, by its own account (horizontal.privacy_policy).
+        self.privacy = PrivacyAccount(policy if policy is not None else PrivacyPolicy())
         # Differential privacy samples rows and draws noise with a secret only this
         # hospital holds (party-local config: never in a message or a checkpoint). Its
         # operator may pin one; otherwise it is os.urandom (horizontal.dp.ledger).
@@ -167,9 +172,11 @@ class HospitalClient(SecureClient, Party):
                 f"({len(test)} rows, test_fraction {config.test_fraction}); lower "
                 "test_fraction or leave this client out"
             )
-        # A record-level DP plan over the budget is refused here, before any feature or
-        # label is read (the plan needs only the count of training rows).
+        # A setup below this hospital's own privacy policy, or a record-level DP plan over
+        # the budget, is refused here, before any feature or label is read (the plan needs
+        # only the count of training rows).
         plan = self.privacy_plan(config)
+        self.privacy.open(config, plan, self.name)
         if plan is not None:
             PrivacyLedger(config.dp).check_plans({self.name: plan}, config.rounds)
         labels = config.task.check_labels(self.table.labels)
@@ -264,6 +271,8 @@ class HospitalClient(SecureClient, Party):
     def on_fit(self, msg: Message) -> list[Message]:
         c, r = self.config, msg.round
         start = self._start_vector(msg.payload["global"])
+        if self.dp_plan is not None:  # within what this hospital planned and accounted for
+            self.privacy.charge_round(r, self.name)
         if c.secure_aggregation is not None:  # this round's SecAgg+ setup, before training
             self.secure_join(msg)
         if self.dp_plan is not None:
@@ -421,6 +430,8 @@ class HospitalClient(SecureClient, Party):
     def on_evaluate(self, msg: Message) -> list[Message]:
         w = self._model_for(msg.payload)
         split = msg.payload.get("split", "test")
+        self.privacy.policy.check_evaluate(split, bool(msg.payload.get("with_scores")),
+                                           self.name)
         x, y = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
         task = self.config.task
         scores = np.asarray(compiled_predict(self.model.key, task.kind, task.n_classes)(w, x))

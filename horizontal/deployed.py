@@ -31,6 +31,7 @@ import numpy as np
 
 from horizontal.client import HospitalClient
 from horizontal.config import FedConfig
+from horizontal.privacy_policy import PrivacyPolicy
 from horizontal.server import SERVER, FedServer
 from horizontal.simulation import LocalExecutor
 from horizontal.trainer import FederatedTrainer
@@ -54,6 +55,18 @@ TO_SERVER = frozenset(k for k, role in FedServer.SENDERS.items() if role != "coo
 
 
 # -- the node ---------------------------------------------------------------------------------
+def privacy_policy(options: dict) -> PrivacyPolicy:
+    """The hospital's own privacy minimum from its node's command line (never the wire)."""
+    return PrivacyPolicy(
+        require_secure_aggregation=bool(options.get("require_secure_aggregation")),
+        min_corruption=float(options.get("min_corruption") or 0.0),
+        max_epsilon=options.get("max_epsilon"),
+        max_delta=float(options.get("max_delta") or 1e-5),
+        accountant=options.get("dp_accountant") or "rdp",
+        release_scores=not options.get("no_release_scores"),
+    )
+
+
 def make_client(options: dict):
     """The client a node serves, and how it saves its state (``deploy.save``)."""
     if not options.get("label_column"):
@@ -70,7 +83,7 @@ def make_client(options: dict):
         raise ConfigError(f"--dp-secret-file {secret_file}: no such file")
     secret = Path(secret_file).read_text().strip() if secret_file else None
     client = HospitalClient(options["party"], table, LocalExecutor("loop"), server=COORDINATOR,
-                            dp_secret=secret)
+                            dp_secret=secret, policy=privacy_policy(options))
     return client, save_state
 
 

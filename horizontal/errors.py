@@ -10,7 +10,13 @@ corrupts the global model; the round policy (``FedConfig.on_bad_update`` and
 from __future__ import annotations
 
 from horizontal.secagg.errors import TooManyDropoutsError
-from vfl.core.errors import ConfigError, ProtocolError, SchemaMismatchError, VFLError
+from vfl.core.errors import (
+    ConfigError,
+    ProtocolError,
+    SchemaMismatchError,
+    SecurityPolicyError,
+    VFLError,
+)
 
 
 class HorizontalError(VFLError):
@@ -74,3 +80,8 @@ class SecureRoundAbortedError(EmptyRoundError, TooManyDropoutsError):
     """Too many clients dropped out of a round's secure aggregation (more than ``n - t`` at
     some stage, or a secret with fewer than ``t`` live holders): nothing was unmasked, and
     the global model is unchanged."""
+
+
+class PrivacyPolicyError(HorizontalError, SecurityPolicyError):
+    """A setup, a training round or an evaluation asks a hospital for less protection than
+    its operator's own :class:`~horizontal.privacy_policy.PrivacyPolicy` allows."""

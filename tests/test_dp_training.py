@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_horizontal_helpers import make_hospitals
+from test_horizontal_helpers import RecordingTable, make_hospitals
 
 from horizontal import FedConfig, FederatedTrainer, HospitalClient
 from horizontal.dp import accounting
@@ -33,19 +33,6 @@ def _fit(tables, config, **kw):
     trainer = FederatedTrainer(tables, config, **kw)
     history = trainer.fit(progress=False)
     return trainer, history
-
-
-class RecordingTable:
-    """A hospital's table that records every read of its features or labels."""
-
-    def __init__(self, table: PartyTable):
-        self._table = table
-        self.reads: list[str] = []
-
-    def __getattr__(self, name):
-        if name in ("features", "labels"):
-            self.reads.append(name)
-        return getattr(self._table, name)
 
 
 # -- config -------------------------------------------------------------------------------------

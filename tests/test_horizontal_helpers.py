@@ -18,3 +18,16 @@ def make_hospitals(sizes=(120, 80, 200, 60), d=5, seed=0, shift=0.4):
             ids, X, [f"x{j}" for j in range(d)], labels=y, label_name="y"
         )
     return tables
+
+
+class RecordingTable:
+    """A hospital's table that records every read of its features or labels."""
+
+    def __init__(self, table: PartyTable):
+        self._table = table
+        self.reads: list[str] = []
+
+    def __getattr__(self, name):
+        if name in ("features", "labels"):
+            self.reads.append(name)
+        return getattr(self._table, name)

@@ -112,6 +112,24 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--dp-secret-file", default=None,
                    help="horizontal: a file holding this hospital's differential-privacy "
                    "secret (sampling and noise; default: fresh from os.urandom)")
+    # A hospital's own privacy minimum (horizontal.privacy_policy): checked against the
+    # server's setup before this node reads a feature or a label.
+    p.add_argument("--require-secure-aggregation", action="store_true",
+                   help="horizontal: refuse a federation without SecAgg+ (the server would "
+                   "see this hospital's update)")
+    p.add_argument("--min-corruption", type=float, default=0.0,
+                   help="horizontal: SecAgg+ must tolerate at least this fraction of a round's "
+                   "clients colluding with the server (with --require-secure-aggregation)")
+    p.add_argument("--max-epsilon", type=float, default=None,
+                   help="horizontal: require record-level DP and refuse any setup that would "
+                   "take this hospital's own lifetime epsilon above this")
+    p.add_argument("--max-delta", type=float, default=1e-5,
+                   help="horizontal: the largest DP delta accepted (with --max-epsilon)")
+    p.add_argument("--dp-accountant", choices=("rdp", "pld"), default="rdp",
+                   help="horizontal: the accountant this hospital uses for its own epsilon")
+    p.add_argument("--no-release-scores", action="store_true",
+                   help="horizontal: never send per-patient scores and labels for a pooled "
+                   "evaluation")
     return p
 
 
