@@ -34,28 +34,49 @@ def client_optimizer(name: str, lr: float) -> optax.GradientTransformation:
     return make_optimizer("momentum" if name == "momentum" else "sgd", lr)
 
 
-def make_local_train(model: FlatModel, task: Task, optimizer: str, lr: float):
-    tx = client_optimizer(optimizer, lr)
-
+def batch_loss(model: FlatModel, task: Task):
+    """``loss_fn(w, xb, yb, mb)``: the mean loss of the batch's rows with ``mb`` 1."""
     def loss_fn(w, xb, yb, mb):
         return task.loss(model.apply(w, xb), yb, mb)
 
-    grad_fn = jax.value_and_grad(loss_fn)
+    return loss_fn
+
+
+def local_steps(tx: optax.GradientTransformation, grad_step, w_start, anchor, corr, mu, x, y,
+                pos, bmask, active):
+    """The local steps' ``lax.scan`` shared by :func:`make_local_train` and
+    :func:`horizontal.dp.dpsgd.make_dp_local_train`: ``(w_end, mean_loss)``.
+
+    ``grad_step(w, xb, yb, mb, i) -> (loss, g)`` is step ``i``'s loss and gradient on the
+    rows ``xb, yb`` with mask ``mb``; the step adds ``mu * (w - anchor) + corr`` and applies
+    ``tx``, and an inactive step leaves the parameters and optimizer state untouched.
+    """
+    def step(carry, inp):
+        w, s = carry
+        p, m, a, i = inp
+        loss, g = grad_step(w, x[p], y[p], m, i)
+        g = g + mu * (w - anchor) + corr
+        upd, s_new = tx.update(g, s, w)
+        w_new = optax.apply_updates(w, upd)
+        w = jnp.where(a, w_new, w)
+        s = jax.tree.map(lambda n, o: jnp.where(a, n, o), s_new, s)
+        return (w, s), jnp.where(a, loss, 0.0)
+
+    steps = jnp.arange(pos.shape[0])
+    (w, _), losses = jax.lax.scan(step, (w_start, tx.init(w_start)),
+                                  (pos, bmask, active, steps))
+    return w, jnp.sum(losses) / jnp.maximum(jnp.sum(active), 1)
+
+
+def make_local_train(model: FlatModel, task: Task, optimizer: str, lr: float):
+    tx = client_optimizer(optimizer, lr)
+    grad_fn = jax.value_and_grad(batch_loss(model, task))
+
+    def grad_step(w, xb, yb, mb, i):
+        return grad_fn(w, xb, yb, mb)
 
     def train(w_start, anchor, corr, mu, x, y, pos, bmask, active):
-        def step(carry, inp):
-            w, s = carry
-            p, m, a = inp
-            loss, g = grad_fn(w, x[p], y[p], m)
-            g = g + mu * (w - anchor) + corr
-            upd, s_new = tx.update(g, s, w)
-            w_new = optax.apply_updates(w, upd)
-            w = jnp.where(a, w_new, w)
-            s = jax.tree.map(lambda n, o: jnp.where(a, n, o), s_new, s)
-            return (w, s), jnp.where(a, loss, 0.0)
-
-        (w, _), losses = jax.lax.scan(step, (w_start, tx.init(w_start)), (pos, bmask, active))
-        return w, jnp.sum(losses) / jnp.maximum(jnp.sum(active), 1)
+        return local_steps(tx, grad_step, w_start, anchor, corr, mu, x, y, pos, bmask, active)
 
     return train
 

@@ -14,10 +14,9 @@ import pytest
 pytest.importorskip("flwr")
 
 from test_deploy_horizontal import _in_memory, _same_run  # noqa: E402
-from test_horizontal_helpers import make_hospitals  # noqa: E402
+from test_horizontal_helpers import hospital_files, make_hospitals  # noqa: E402
 
 from horizontal import FedConfig, deployed  # noqa: E402
-from vfl.core.table import PartyTable  # noqa: E402
 from vfl.deploy.local import LocalFederation  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -34,11 +33,7 @@ def _stop_when_logged(fed: LocalFederation, line: str, party: str, done: threadi
 
 
 def test_horizontal_on_flower_with_a_node_stopped_mid_run(tmp_path):
-    tables = make_hospitals(sizes=(90, 60, 120), d=4)
-    data = tmp_path / "data"
-    data.mkdir()
-    files = {n: t.to_csv(data / f"{n}.csv") for n, t in tables.items()}
-    tables = {n: PartyTable.from_file(files[n], "id", "y") for n in files}
+    files, tables = hospital_files(tmp_path / "data", make_hospitals(sizes=(90, 60, 120), d=4))
     config = FedConfig(hidden=(8,), rounds=4, batch_size=16, client_lr=0.1, compression="int8",
                        seed=7)
     gone = "hospital_1"

@@ -13,13 +13,12 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from test_horizontal_helpers import make_hospitals  # noqa: E402
+from test_horizontal_helpers import hospital_files, make_hospitals  # noqa: E402
 
 from horizontal import FedConfig, FederatedTrainer, HospitalClient, SecAggConfig  # noqa: E402
 from horizontal.dp.config import DPConfig  # noqa: E402
 from vfl.core import wire  # noqa: E402
 from vfl.core.messages import COORDINATOR, Label, Message  # noqa: E402
-from vfl.core.table import PartyTable  # noqa: E402
 from vfl.deploy.local import LocalFederation, read_capture  # noqa: E402
 from vfl.deploy.preflight import DeploymentError  # noqa: E402
 
@@ -27,11 +26,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_secagg_with_dp_on_flower_under_the_hospitals_own_policy(tmp_path):
-    tables = make_hospitals(sizes=(90, 60, 120), d=4)
     data = tmp_path / "data"
-    data.mkdir()
-    files = {n: t.to_csv(data / f"{n}.csv") for n, t in tables.items()}
-    tables = {n: PartyTable.from_file(files[n], "id", "y") for n in files}
+    files, tables = hospital_files(data, make_hospitals(sizes=(90, 60, 120), d=4))
     secrets = {}
     for name in files:  # each operator pins its own DP secret (never sent anywhere)
         secrets[name] = data / f"{name}.secret"

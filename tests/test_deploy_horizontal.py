@@ -15,11 +15,10 @@ import pytest
 pytest.importorskip("flwr")
 
 from deploy_fakes import FakeGrid  # noqa: E402
-from test_horizontal_helpers import make_hospitals  # noqa: E402
+from test_horizontal_helpers import hospital_files, make_hospitals  # noqa: E402
 
 from horizontal import FedConfig, FederatedTrainer, SystemsConfig, deployed  # noqa: E402
 from vfl.core.errors import DataFileError  # noqa: E402
-from vfl.core.table import PartyTable  # noqa: E402
 from vfl.core.transport import InMemoryTransport  # noqa: E402
 from vfl.deploy.host import PartyHost  # noqa: E402
 from vfl.deploy.serverapp import execute  # noqa: E402
@@ -28,12 +27,9 @@ from vfl.deploy.transport import FlowerTransport  # noqa: E402
 
 @pytest.fixture(scope="module")
 def hospitals(tmp_path_factory):
-    tables = make_hospitals(sizes=(90, 60, 120, 50), d=4)
-    d = tmp_path_factory.mktemp("hospitals")
-    files = {n: t.to_csv(d / f"{n}.csv") for n, t in tables.items()}
     # Both runs read the same files (the CSV round trip is exact, but that is not the point).
-    loaded = {n: PartyTable.from_file(files[n], "id", "y") for n in files}
-    return files, loaded
+    return hospital_files(tmp_path_factory.mktemp("hospitals"),
+                          make_hospitals(sizes=(90, 60, 120, 50), d=4))
 
 
 def _config(**kw):

@@ -20,6 +20,15 @@ def make_hospitals(sizes=(120, 80, 200, 60), d=5, seed=0, shift=0.4):
     return tables
 
 
+def hospital_files(directory, tables):
+    """Write each hospital's table to ``directory/<name>.csv`` (creating ``directory``) and
+    read it back: ``(files, tables)``, the paths by name and the tables as loaded from them,
+    so an in-memory run reads the same data as the nodes given those files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {n: t.to_csv(directory / f"{n}.csv") for n, t in tables.items()}
+    return files, {n: PartyTable.from_file(files[n], "id", "y") for n in files}
+
+
 class RecordingTable:
     """A hospital's table that records every read of its features or labels."""
 

@@ -43,13 +43,14 @@ and the noise key (:func:`noise_key`) come from a secret only the client holds (
 ``secrets.randbits(128)`` kept with its private state), never from the federation's public
 seed, from which every party can recompute the public schedules.
 
-**Wiring into** :func:`horizontal.client_update.make_local_train`: replace its gradient
-step ``loss, g = grad_fn(w, x[p], y[p], m)`` with
-``loss, g = dp_grad(w, x[p], y[p], m, jax.random.fold_in(key, i), expected_batch_size)``
-where ``dp_grad = make_dp_value_and_grad(loss_fn, clip_norm=C, noise_multiplier=σ)``,
-``i`` is the step index (add ``jnp.arange(S)`` to the scanned inputs) and ``key``,
-``expected_batch_size`` are two more arguments of ``train``. :func:`make_dp_local_train` is
-exactly that: the same loop, pure, jittable and vmappable over clients. FedProx's
+**Wiring into** :func:`horizontal.client_update.make_local_train`: both run the same loop,
+:func:`horizontal.client_update.local_steps`, which takes the step's gradient as a function
+of ``(w, xb, yb, mb, i)``, ``i`` the step index. ``make_local_train`` gives it
+``grad_fn(w, xb, yb, mb)``; :func:`make_dp_local_train` gives it
+``dp_grad(w, xb, yb, mb, jax.random.fold_in(key, i), expected_batch_size)``, where
+``dp_grad = make_dp_value_and_grad(loss_fn, clip_norm=C, noise_multiplier=σ)`` and ``key``,
+``expected_batch_size`` are two more arguments of ``train``: pure, jittable and vmappable
+over clients. FedProx's
 ``mu (w − anchor)`` uses only the public global model and is post-processing; SCAFFOLD's
 client control must be recomputed from the privatized model (its option II,
 ``(w_start − w_end) / (S·lr)``, is), not from raw gradients. The returned mean loss is a
@@ -65,7 +66,7 @@ import numpy as np
 import optax
 import optax.contrib
 
-from horizontal.client_update import client_optimizer
+from horizontal.client_update import batch_loss, client_optimizer, local_steps
 from horizontal.dp.errors import BatchCapacityError, DPConfigError
 from horizontal.flat_model import FlatModel
 from vfl.core.keyed import keyed_hash, mix64
@@ -222,29 +223,14 @@ def make_dp_local_train(model: FlatModel, task: Task, optimizer: str, lr: float,
     what ``make_local_train`` computes.
     """
     tx = client_optimizer(optimizer, lr)
-
-    def loss_fn(w, xb, yb, mb):
-        return task.loss(model.apply(w, xb), yb, mb)
-
-    dp_grad = make_dp_value_and_grad(loss_fn, clip_norm=clip_norm,
+    dp_grad = make_dp_value_and_grad(batch_loss(model, task), clip_norm=clip_norm,
                                      noise_multiplier=noise_multiplier)
 
     def train(w_start, anchor, corr, mu, x, y, pos, bmask, active, key, expected_batch_size):
-        def step(carry, inp):
-            w, s = carry
-            p, m, a, i = inp
-            loss, g = dp_grad(w, x[p], y[p], m, jax.random.fold_in(key, i), expected_batch_size)
-            g = g + mu * (w - anchor) + corr
-            upd, s_new = tx.update(g, s, w)
-            w_new = optax.apply_updates(w, upd)
-            w = jnp.where(a, w_new, w)
-            s = jax.tree.map(lambda n, o: jnp.where(a, n, o), s_new, s)
-            return (w, s), jnp.where(a, loss, 0.0)
+        def grad_step(w, xb, yb, mb, i):
+            return dp_grad(w, xb, yb, mb, jax.random.fold_in(key, i), expected_batch_size)
 
-        steps = jnp.arange(pos.shape[0])
-        (w, _), losses = jax.lax.scan(step, (w_start, tx.init(w_start)),
-                                      (pos, bmask, active, steps))
-        return w, jnp.sum(losses) / jnp.maximum(jnp.sum(active), 1)
+        return local_steps(tx, grad_step, w_start, anchor, corr, mu, x, y, pos, bmask, active)
 
     return train
 
