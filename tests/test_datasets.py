@@ -37,9 +37,15 @@ EXPECTED_COLUMNS = {
         "hospital": ("age", "sex", "bmi", "bp", "s1"),
         "lab": ("s2", "s3", "s4", "s5", "s6"),
     },
+    "whas500": {
+        "hospital": ("age", "gender", "hr", "los", "sho", "chf", "miord", "mitype"),
+        "clinic": ("bmi", "cvd"),
+        "lab": ("sysbp", "diasbp", "afb", "av3"),
+    },
 }
 LABELS = {"actg320": "censor", "gse7390": "e.tdm", "flchain": "death", "gbsg2": "cens",
-          "breast_cancer": "malignant", "diabetes": "progression", "multiomics": "y"}
+          "breast_cancer": "malignant", "diabetes": "progression", "multiomics": "y",
+          "whas500": "lenfol,fstat"}
 KW = {"flchain": {"impute": {"creatinine": "median"}}, "multiomics": {"n": 600}}
 
 
@@ -52,7 +58,8 @@ def test_tables_are_well_formed(named):
     name, d = named
     assert d.name == name and d.parties[0] == d.active == "hospital"
     assert list(d.tables) == d.parties and d.label_name == LABELS[name]
-    assert d.source and d.description and d.task in ("binary", "multiclass", "regression")
+    assert d.source and d.description
+    assert d.task in ("binary", "multiclass", "regression", "survival")
     for p, t in d.tables.items():
         assert len(set(t.ids.tolist())) == t.n_rows  # unique ids
         assert all(re.fullmatch(r"pt-[0-9a-f]{12}", i) for i in t.ids)  # pseudonyms
@@ -63,6 +70,9 @@ def test_tables_are_well_formed(named):
         assert d.n_classes == 2 and set(np.unique(labels)) == {0, 1}
     elif d.task == "regression":
         assert d.n_classes is None and labels.dtype.kind == "f"
+    elif d.task == "survival":  # (n, 2) [time, event]
+        assert d.n_classes is None and labels.shape == (len(labels), 2)
+        assert (labels[:, 0] >= 0).all() and set(np.unique(labels[:, 1])) == {0.0, 1.0}
 
 
 def test_columns_are_exactly_the_specified_ones(named):

@@ -11,6 +11,9 @@ protocol code downstream can assume clean float64 matrices:
 * values are finite and at most :data:`MAX_FEATURE_MAGNITUDE` in magnitude (larger ones
   cannot be standardized in float64), labels are finite, the label and identifier columns
   are never also features, and column names are unique;
+* labels are one value per row, or survival labels: an (n, 2) [time, event] array whose
+  ``label_name`` ``"time,event"`` names the two file columns they are read from and
+  written to (their values are checked by :mod:`vfl.survival.labels`, not here);
 * a missing, unreadable or empty CSV/Parquet file raises a :class:`DataFileError` naming it.
 """
 
@@ -32,6 +35,7 @@ from vfl.core.errors import (
     FeatureMagnitudeError,
     IdAsFeatureError,
     LabelAsFeatureError,
+    LabelValueError,
     MissingColumnError,
     MissingIdError,
     MissingValuesError,
@@ -54,7 +58,9 @@ class PartyTable:
     ids: np.ndarray  # dtype object (str), shape (n,)
     features: np.ndarray  # float64, shape (n, d)
     columns: tuple[str, ...]
-    labels: np.ndarray | None = None  # shape (n,), at the active party only
+    # At the active party only: shape (n,), or (n, 2) [time, event] for survival labels
+    # (label_name then names both columns, "time,event"; see label_columns()).
+    labels: np.ndarray | None = None
     label_name: str | None = None
     imputed: dict[str, int] = field(default_factory=dict)  # column -> values filled
 
@@ -126,19 +132,28 @@ class PartyTable:
         impute: str | Mapping[str, str] | None = None,
     ) -> PartyTable:
         """Build from a pandas DataFrame with an identifier column."""
-        for col in [id_column] + ([label_column] if label_column else []):
+        # "time,event" names two columns (survival labels), unless one column has that name.
+        label_parts = (label_column,) if label_column in frame.columns else (
+            label_columns(label_column))
+        if len(label_parts) > 2:
+            raise LabelValueError(
+                f"label_column {label_column!r} names {len(label_parts)} columns; give one "
+                "label column, or two ('time,event') for survival labels"
+            )
+        for col in [id_column, *label_parts]:
             if col not in frame.columns:
                 raise MissingColumnError(
                     f"column {col!r} is not in the table; columns are {list(frame.columns)}"
                 )
         if feature_columns is None:
-            feature_columns = [c for c in frame.columns if c not in (id_column, label_column)]
+            feature_columns = [c for c in frame.columns if c not in (id_column, *label_parts)]
         feature_columns = list(feature_columns)
-        if label_column is not None and label_column in feature_columns:
-            raise LabelAsFeatureError(
-                f"the label column {label_column!r} is also listed as a feature column; the "
-                "model would be trained on the answer. Remove it from feature_columns."
-            )
+        for part in label_parts:
+            if part in feature_columns:
+                raise LabelAsFeatureError(
+                    f"the label column {part!r} is also listed as a feature column; the "
+                    "model would be trained on the answer. Remove it from feature_columns."
+                )
         if id_column in feature_columns:
             raise IdAsFeatureError(
                 f"the identifier column {id_column!r} is also listed as a feature column; "
@@ -159,7 +174,10 @@ class PartyTable:
             )
         ids = frame[id_column].to_numpy(dtype=object)
         data = {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in feature_columns}
-        labels = frame[label_column].to_numpy() if label_column else None
+        if len(label_parts) == 2:  # survival labels: (n, 2) [time, event]
+            labels = frame[list(label_parts)].to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            labels = frame[label_column].to_numpy() if label_column else None
         return cls._build(ids, data, tuple(feature_columns), labels, label_column, impute)
 
     @classmethod
@@ -182,7 +200,8 @@ class PartyTable:
     def from_file(cls, path: str | Path, id_column: str, label_column: str | None = None,
                   **kwargs) -> PartyTable:
         """A CSV or Parquet file (by its suffix: ``.parquet``/``.pq``, else CSV): what a
-        deployed node loads from its operator's ``--data``."""
+        deployed node loads from its operator's ``--data``. ``label_column="time,event"``
+        (two names) reads survival labels, an (n, 2) [time, event] array."""
         read = cls.from_parquet if Path(path).suffix.lower() in (".parquet", ".pq") else (
             cls.from_csv
         )
@@ -205,6 +224,7 @@ class PartyTable:
             labels = np.asarray(labels)
             if labels.dtype == bool:
                 labels = labels.astype(np.int32)
+            _check_label_shape(labels, label_name)
             if labels.dtype.kind == "f" and np.isnan(labels).any():
                 raise MissingValuesError(
                     f"label column {label_name!r} has {int(np.isnan(labels).sum())} missing "
@@ -227,13 +247,17 @@ class PartyTable:
 
     # -- operations -----------------------------------------------------------------------
     def to_frame(self, id_column: str = "id"):
-        """The table as a pandas DataFrame (ids, features, then the label if any): what
-        :meth:`from_frame` reads back to an equal table."""
+        """The table as a pandas DataFrame (ids, features, then the label if any; survival
+        labels as two columns named by ``label_name``): what :meth:`from_frame` reads back to
+        an equal table (with ``label_column=label_name``)."""
         import pandas as pd
 
         frame = pd.DataFrame(self.features, columns=list(self.columns))
         frame.insert(0, id_column, np.asarray(self.ids, dtype=object))
-        if self.labels is not None:
+        if self.labels is not None and self.labels.ndim == 2:
+            time_name, event_name = label_columns(self.label_name or "time,event")
+            frame[time_name], frame[event_name] = self.labels[:, 0], self.labels[:, 1]
+        elif self.labels is not None:
             frame[self.label_name or "label"] = self.labels
         return frame
 
@@ -279,6 +303,31 @@ class PartyTable:
                 f"{extra}, order {'differs' if not extra and not lost else 'n/a'}. Provide "
                 f"exactly the training columns {list(columns)} in that order."
             )
+
+
+def label_columns(label_name: str | None) -> tuple[str, ...]:
+    """The file columns a label name stands for: ``"time,event"`` (survival labels) names
+    two, any other name one, None none."""
+    if not label_name:
+        return ()
+    return tuple(p.strip() for p in label_name.split(",")) if "," in label_name else (
+        label_name,)
+
+
+def _check_label_shape(labels: np.ndarray, label_name: str | None) -> None:
+    """Labels are one value per row, or survival labels (n, 2) named by two columns."""
+    if labels.ndim == 1:
+        return
+    if labels.ndim != 2 or labels.shape[1] != 2:
+        raise LabelValueError(
+            f"labels must be one value per row, or (rows, 2) [time, event] survival labels; "
+            f"got shape {labels.shape}"
+        )
+    if label_name is not None and len(label_columns(label_name)) != 2:
+        raise LabelValueError(
+            f"survival labels (rows, 2) need a label name for both columns, like "
+            f"'time,event'; got {label_name!r}"
+        )
 
 
 def _read_file(path, kind: str, read):

@@ -3,7 +3,13 @@ synthetic multi-omics generator, each split across parties with a seeded partial
 """
 
 from vfl.datasets.base import VerticalDataset
-from vfl.datasets.clinical import load_actg320, load_flchain, load_gbsg2, load_gse7390
+from vfl.datasets.clinical import (
+    load_actg320,
+    load_flchain,
+    load_gbsg2,
+    load_gse7390,
+    load_whas500,
+)
 from vfl.datasets.multiomics import make_multiomics
 from vfl.datasets.overlap import PUBLIC_SALT, pseudonym, split_vertical
 from vfl.datasets.registry import DATASETS, load
@@ -20,6 +26,7 @@ __all__ = [
     "load_flchain",
     "load_gbsg2",
     "load_gse7390",
+    "load_whas500",
     "make_multiomics",
     "pseudonym",
     "split_vertical",

@@ -8,7 +8,7 @@ import numpy as np
 
 from vfl.core.table import PartyTable
 
-TASKS = ("binary", "multiclass", "regression")
+TASKS = ("binary", "multiclass", "regression", "survival")
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,12 @@ class VerticalDataset:
     """
 
     name: str
-    task: str  # "binary" | "multiclass" | "regression"
+    task: str  # "binary" | "multiclass" | "regression" | "survival"
     active: str  # party holding the labels
     tables: dict[str, PartyTable]  # one per party; active party first
+    # One column, or for survival "<time column>,<event column>" (labels (n, 2) [time, event]).
     label_name: str
-    n_classes: int | None  # 2 for binary, k for multiclass, None for regression
+    n_classes: int | None  # 2 for binary, k for multiclass, None for regression/survival
     description: str  # where the data come from, what the label is, the split
     source: str  # e.g. "scikit-survival load_aids (ACTG 320)"
     signal_blocks: tuple[str, ...] | None = None  # synthetic data: parties carrying signal

@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 from vfl.core.errors import ConfigError
 from vfl.datasets.base import VerticalDataset
-from vfl.datasets.clinical import load_actg320, load_flchain, load_gbsg2, load_gse7390
+from vfl.datasets.clinical import (
+    load_actg320,
+    load_flchain,
+    load_gbsg2,
+    load_gse7390,
+    load_whas500,
+)
 from vfl.datasets.multiomics import make_multiomics
 from vfl.datasets.sklearn_sets import load_breast_cancer_vertical, load_diabetes_vertical
 
@@ -15,6 +21,7 @@ DATASETS: dict[str, Callable[..., VerticalDataset]] = {
     "gse7390": load_gse7390,
     "flchain": load_flchain,
     "gbsg2": load_gbsg2,
+    "whas500": load_whas500,
     "breast_cancer": load_breast_cancer_vertical,
     "diabetes": load_diabetes_vertical,
     "multiomics": make_multiomics,

@@ -1,0 +1,1 @@
+"""Survival analysis: Cox proportional hazards, centralized and vertical."""
