@@ -211,17 +211,17 @@ class SourcePair:
         layer, m, pool = self.layer, self.meter, self.pool
         with m("passive", "embed_matvec"):
             if layer.form == "primal":
-                h = sl._matmul(x_int, layer.state, pool)
-                h = vc.add_plain(h, sl._int_matmul(x_int, layer.share))
+                h = sl.encrypted_matmul(x_int, layer.state, pool)
+                h = vc.add_plain(h, sl.int_matmul(x_int, layer.share))
                 scale = sl.FEATURE_FRAC_BITS + sl.WEIGHT_FRAC_BITS
             else:
                 gram = x_int.astype(np.float64) @ layer.x_train.T.astype(np.float64)
                 shift = float(1 << (2 * sl.FEATURE_FRAC_BITS - sl.GRAM_FRAC_BITS))
                 gram_int = np.rint(gram / shift).astype(np.int64)
-                h = sl._matmul(gram_int, layer.state, pool)
+                h = sl.encrypted_matmul(gram_int, layer.state, pool)
                 scale = sl.GRAM_FRAC_BITS + sl.COEF_FRAC_BITS
                 if layer.share.any():
-                    h = vc.add_plain(h, sl._int_matmul(x_int, layer.share))
+                    h = vc.add_plain(h, sl.int_matmul(x_int, layer.share))
             h = h.with_values(h.values, scale_bits=scale).ravel()
         with m("passive", "embed_pack"):
             packed = vc.pack_encrypted(h, layer.layout, pool=pool)

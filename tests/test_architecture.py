@@ -40,6 +40,7 @@ LAYERS = {
     "vfl.vertical": "vfl.vertical",
     "vfl.attacks": "vfl.attacks",
     "vfl.deploy": "vfl.deploy",
+    "vfl.survival": "vfl.survival",
     "horizontal": "horizontal",
     "unlearning": "unlearning",
     "scenarios": "scenarios",
@@ -63,11 +64,14 @@ ALLOWED = {
     # The Flower deployment is engine glue: it reaches the vertical and horizontal code only
     # through the jobs and party factories it names (vfl.deploy.serverapp.JOBS, node.FACTORIES).
     "vfl.deploy": {"vfl.core"},
+    # The vertical Cox model runs on the vertical protocol's building blocks (the primal
+    # source layer, the hospital's key ring, the parties' alignment and sender checks).
+    "vfl.survival": {*_ENGINES, "vfl.vertical"},
     # The public API re-exports the vfl subpackages; never horizontal, unlearning, scenarios.
-    "vfl (public API)": {*_ENGINES, "vfl.vertical", "vfl.attacks"},
+    "vfl (public API)": {*_ENGINES, "vfl.vertical", "vfl.attacks", "vfl.survival"},
     "scenarios": {
         "vfl (public API)", *_ENGINES, "vfl.vertical", "vfl.attacks", "vfl.deploy", "horizontal",
-        "unlearning",
+        "unlearning", "vfl.survival",
     },
 }
 

@@ -45,7 +45,7 @@ EXPECTED_COLUMNS = {
 }
 LABELS = {"actg320": "censor", "gse7390": "e.tdm", "flchain": "death", "gbsg2": "cens",
           "breast_cancer": "malignant", "diabetes": "progression", "multiomics": "y",
-          "whas500": "lenfol,fstat"}
+          "whas500": "fstat"}
 KW = {"flchain": {"impute": {"creatinine": "median"}}, "multiomics": {"n": 600}}
 
 

@@ -194,7 +194,7 @@ def test_fit_equals_sksurv_on_whas500_and_actg320(whas, actg, ties):
 def test_the_issue_case_pooled_whas500_split_keeping_every_patient(whas):
     """coverage=1.0: every party holds every patient, so the pooled rows are the cohort."""
     d = load_whas500(blocks={"hospital": ("age",), "clinic": ("bmi",), "lab": ("sysbp",)},
-                     coverage=1.0)
+                     coverage=1.0, label="survival")
     ids, x, labels, columns = d.pooled()
     assert len(ids) == 500 and columns == ["hospital:age", "clinic:bmi", "lab:sysbp"]
     time, event = survival_labels(labels)

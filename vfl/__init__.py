@@ -7,7 +7,8 @@ The public API (``from vfl import ...``)::
 
     PartyTable, Federation, TrainConfig, ModelConfig, Task, SecurityPolicy, SplitTrainer,
     TrainHistory, Transcript, Label, Message, make_optimizer, register_optimizer,
-    register_model, load_dataset, DATASETS, errors, __version__
+    register_model, load_dataset, DATASETS, VerticalCox, CoxConfig, fit_cox, errors,
+    __version__
 
 ``errors`` is the module :mod:`vfl.core.errors` (``vfl.errors.ConfigError``). Names are
 imported on first use, so ``import vfl.core.errors`` alone stays free of JAX.
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute); attribute None: the module itself.
 _EXPORTS = {
+    "CoxConfig": ("vfl.survival.config", "CoxConfig"),
     "DATASETS": ("vfl.datasets.registry", "DATASETS"),
     "Federation": ("vfl.vertical.federation", "Federation"),
     "Label": ("vfl.core.messages", "Label"),
@@ -34,7 +36,9 @@ _EXPORTS = {
     "TrainConfig": ("vfl.vertical.config", "TrainConfig"),
     "TrainHistory": ("vfl.core.rounds", "TrainHistory"),
     "Transcript": ("vfl.core.transcript", "Transcript"),
+    "VerticalCox": ("vfl.survival.federated", "VerticalCox"),
     "errors": ("vfl.core.errors", None),
+    "fit_cox": ("vfl.survival.cox", "fit_cox"),
     "load_dataset": ("vfl.datasets.registry", "load"),
     "make_optimizer": ("vfl.core.optim", "make_optimizer"),
     "register_model": ("vfl.vertical.models", "register_model"),
@@ -42,6 +46,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CoxConfig",
     "DATASETS",
     "Federation",
     "Label",
@@ -54,8 +59,10 @@ __all__ = [
     "TrainConfig",
     "TrainHistory",
     "Transcript",
+    "VerticalCox",
     "__version__",
     "errors",
+    "fit_cox",
     "load_dataset",
     "make_optimizer",
     "register_model",

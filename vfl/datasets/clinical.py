@@ -267,7 +267,7 @@ WHAS500_BLOCKS = MappingProxyType({
 _WHAS500_BINARY = ("gender", "sho", "chf", "miord", "mitype", "cvd", "afb", "av3")
 
 
-def load_whas500(seed: int = 0, *, label: str = "survival",
+def load_whas500(seed: int = 0, *, label: str = "event",
                  blocks: Mapping[str, Sequence[str]] | None = None, coverage: Coverage = None,
                  extra: float = EXTRA, impute: Impute = None) -> VerticalDataset:
     """Worcester Heart Attack Study (500 patients after acute myocardial infarction).
@@ -285,8 +285,9 @@ def load_whas500(seed: int = 0, *, label: str = "survival",
     The binary categories become 0/1 with 1 = "1" in the source (= yes, female, recurrent,
     Q-wave). ``blocks`` maps party -> columns to use another split or a subset of the 14
     covariates. Outcome: ``lenfol`` (days of follow-up) and ``fstat`` (1 = died);
-    ``label="survival"`` (default) gives labels ``[lenfol, fstat]``, label name
-    ``"lenfol,fstat"``; ``label="event"`` the binary ``fstat``.
+    ``label="survival"`` gives labels ``[lenfol, fstat]``, label name ``"lenfol,fstat"``;
+    ``label="event"`` (the default, as for every loader: the split models' binary task) the
+    binary ``fstat``.
 
     The defaults of ``coverage``/``extra`` leave each party a random 90-97 % of the cohort,
     so the intersection misses some patients. ``coverage=1.0`` gives every party every

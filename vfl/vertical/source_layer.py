@@ -135,20 +135,20 @@ def embedding_layout(form: str) -> PackingLayout:
     )
 
 
-def _to_object(a) -> np.ndarray:
+def to_object(a) -> np.ndarray:
     """An int array as an object array of Python ints (exact big-integer arithmetic)."""
     flat = np.empty(int(np.size(a)), dtype=object)
     flat[:] = [int(v) for v in np.asarray(a).reshape(-1)]
     return flat.reshape(np.shape(a))
 
 
-def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact integer product of int64 ``a`` (|a| < 2^25) and int64 ``b`` (|b| < 2^62), by
     splitting ``b`` into 20-bit limbs so every int64 partial sum is exact (below 2^17 inner
     terms; wider parties take Python-int arithmetic)."""
     b = np.asarray(b, dtype=np.int64)
     if a.shape[1] >= 1 << 17:
-        return _to_object(a) @ _to_object(b)
+        return to_object(a) @ to_object(b)
     sign = np.sign(b)
     mag = np.abs(b)
     out = np.zeros((a.shape[0], b.shape[1]), dtype=object)
@@ -156,7 +156,7 @@ def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     while mag.any():
         limb = (mag & ((1 << 20) - 1)) * sign
         part = a.astype(np.int64) @ limb  # |a| 2^25 * 2^20 * rows < 2^63 for rows < 2^17
-        out = out + _to_object(part) * (1 << shift)
+        out = out + to_object(part) * (1 << shift)
         mag >>= 20
         shift += 20
     return out
@@ -176,7 +176,7 @@ def _interleave(cols: list[EncryptedArray], scale_bits: int) -> EncryptedArray:
     return EncryptedArray(values, (rows, width), cols[0].public_key, scale_bits)
 
 
-def _matmul(x_int: np.ndarray, enc: EncryptedArray, pool) -> EncryptedArray:
+def encrypted_matmul(x_int: np.ndarray, enc: EncryptedArray, pool) -> EncryptedArray:
     """``[[X @ E]]`` for a plaintext int matrix ``X`` (r x n) and ciphertexts ``E`` (n x w)."""
     cols = [
         plain_matmul_encrypted(x_int, col, matrix_scale_bits=0, pool=pool)
@@ -225,10 +225,10 @@ class EncryptedSourceLayer:
             u = np.array(
                 [secrets.randbelow(2 * bound) - bound for _ in range(d * w)], dtype=np.int64
             ).reshape(d, w)
-            w0_int = _to_object(np.rint(w0 * 2.0**WEIGHT_FRAC_BITS).astype(np.int64))
+            w0_int = to_object(np.rint(w0 * 2.0**WEIGHT_FRAC_BITS).astype(np.int64))
             self.share = u
             self.state = encrypt_array(
-                self.public_key, w0_int - _to_object(u), scale_bits=WEIGHT_FRAC_BITS,
+                self.public_key, w0_int - to_object(u), scale_bits=WEIGHT_FRAC_BITS,
                 randomness=self._randomness, pool=self._pool,
             )
         else:
@@ -245,18 +245,18 @@ class EncryptedSourceLayer:
         """Packed, re-randomized ``[[h]]`` for the rows ``x_int`` (int64 at 2^-20)."""
         x_int = np.asarray(x_int, dtype=np.int64)
         if self.form == "primal":
-            h = _matmul(x_int, self.state, self._pool)
-            h = add_plain(h, _int_matmul(x_int, self.share))
+            h = encrypted_matmul(x_int, self.state, self._pool)
+            h = add_plain(h, int_matmul(x_int, self.share))
             scale = FEATURE_FRAC_BITS + WEIGHT_FRAC_BITS
         else:
             gram = x_int.astype(np.float64) @ self.x_train.T.astype(np.float64)
             # x_int x_int^T is at 2^-40; round it to 2^-20 (exponent length drives the cost)
             gram_int = np.rint(gram / float(1 << (2 * FEATURE_FRAC_BITS - GRAM_FRAC_BITS)))
-            h = _matmul(gram_int.astype(np.int64), self.state, self._pool)
+            h = encrypted_matmul(gram_int.astype(np.int64), self.state, self._pool)
             scale = GRAM_FRAC_BITS + COEF_FRAC_BITS
             # + X W0 (at 2^-20 x 2^-40 = 2^-60, the dual embedding's scale)
             if self.share.any():
-                h = add_plain(h, _int_matmul(x_int, self.share))
+                h = add_plain(h, int_matmul(x_int, self.share))
         h = h.with_values(h.values, scale_bits=scale).ravel()
         packed = pack_encrypted(h, self.layout, pool=self._pool)
         # A fresh uniform r^n per packed ciphertext: the key holder chose the randomness of
@@ -275,7 +275,7 @@ class EncryptedSourceLayer:
             )
         if self.form == "primal":
             x_rows_t = np.ascontiguousarray(self.x_train[positions].T)
-            delta = _matmul(x_rows_t, enc_update, self._pool)
+            delta = encrypted_matmul(x_rows_t, enc_update, self._pool)
             delta = delta.with_values(delta.values, scale_bits=WEIGHT_FRAC_BITS)
             self.state = add(self.state, delta)
         else:
@@ -315,10 +315,13 @@ class EncryptedSourceLayer:
 
 
 def decrypt_embedding(
-    private_key: PrivateKey, data: bytes, rows: int, width: int, form: str, *, pool=None
+    private_key: PrivateKey, data: bytes, rows: int, width: int, form: str, *, pool=None,
+    dtype=np.float32,
 ) -> np.ndarray:
     """The active party's side of the forward pass: decrypt exactly ``rows x width`` packed
-    values at the layout fixed at setup, and check the public bound."""
+    values at the layout fixed at setup, and check the public bound. ``dtype``: float32 for
+    the split models; the Cox optimizer takes float64 (its Newton steps use the exact
+    differences of embeddings)."""
     layout = embedding_layout(form)
     enc = EncryptedArray.from_bytes(data, private_key.public_key)
     count = rows * width
@@ -339,7 +342,7 @@ def decrypt_embedding(
         )
     s = embedding_scale(form)
     flat = np.array([int(v) / float(1 << s) for v in ints])
-    return flat.reshape(rows, width).astype(np.float32)
+    return flat.reshape(rows, width).astype(dtype)
 
 
 class DualCoefficients:
@@ -398,7 +401,7 @@ class DualCoefficients:
 def encrypt_update(public_key: PublicKey, diff: np.ndarray, randomness) -> bytes:
     """``[[dP]]`` (rows x width) at ``2**-COEF_FRAC_BITS`` under the active party's key."""
     return encrypt_array(
-        public_key, _to_object(diff), scale_bits=COEF_FRAC_BITS, randomness=randomness
+        public_key, to_object(diff), scale_bits=COEF_FRAC_BITS, randomness=randomness
     ).to_bytes()
 
 
