@@ -198,8 +198,8 @@ class VerticalCox:
             se = np.sqrt(np.clip(np.diag(np.asarray(rep["cov"], dtype=np.float64)), 0, None))
             for col, b, s in zip(rep["columns"], rep["coef"], se):
                 coefficients.append(Coefficient(name, str(col), float(b), float(s)))
-        self.fitted = VerticalCoxFit(coefficients, float(final.payload["loss"]), len(history), history,
-                             seconds=time.perf_counter() - t0)
+        self.fitted = VerticalCoxFit(coefficients, float(final.payload["loss"]), len(history),
+                                     history, seconds=time.perf_counter() - t0)
         self.fitted.bytes = _bytes(self.transcript) - bytes0
         return self.fitted
 
