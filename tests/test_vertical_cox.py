@@ -241,3 +241,26 @@ def test_vertical_fit_equals_the_pooled_newton_fit_for_random_splits(n, widths, 
     central = fit_cox(x, time, event, ties=ties)
     np.testing.assert_allclose(fit.coef(), central.coef, atol=1e-6, rtol=1e-6)
     assert fit.rounds <= max(widths[1:]) + 2
+
+
+def test_label_attack_on_what_a_passive_received(whas500):
+    """The direction attack (one known positive) on every cox.update a passive received:
+    the plain protocol hands it s * dL/deta per patient (the event flag falls out); under
+    paillier the same attack on the ciphertexts is at chance."""
+    from vfl.attacks.label_leakage import capture_received, full_batch_update_auc
+
+    x, _, parties, time, event = whas500
+    aucs = {}
+    for config in (PLAIN, ENCRYPTED):
+        fed = VerticalCox(_tables(x, parties, time, event), "hospital", config, policy=TEST_KEY)
+        got = capture_received(fed.transport, "lab")
+        fed.fit(progress=False)
+        hospital = fed.parties["hospital"]
+        rows = list(hospital.train_rows.ids)
+        labels = dict(zip(rows, hospital.event.astype(int)))
+        key = hospital._keyring.public_key if hospital._keyring is not None else None
+        aucs[config.protocol] = full_batch_update_auc(got, rows, labels, kind="cox.update",
+                                                      public_key=key)
+    print("label attack AUC on the lab's cox.update:", aucs)
+    assert aucs["plain"] > 0.9
+    assert 0.4 < aucs["paillier"] < 0.6

@@ -397,6 +397,28 @@ def ciphertext_inversion_auc(
     return direction_scoring_auc(np.concatenate(vecs), np.asarray(ys))
 
 
+def full_batch_update_auc(received: Sequence[Message], rows: Sequence[str],
+                          labels: Mapping[str, int], *, kind: str, public_key=None) -> float:
+    """The direction attack on full-batch per-patient updates (the vertical Cox fit's
+    ``cox.update``: one value per training row, in the aligned order ``rows``): every
+    ``kind`` message a party received is one column of an ``(n, messages)`` matrix, plaintext
+    (``dp``) as sent, ciphertexts (``ct``, under ``public_key``) as
+    :func:`ciphertext_values` reads them; the rows are scored against one known positive."""
+    cols = []
+    for m in received:
+        if m.kind != kind:
+            continue
+        if "ct" in m.payload:
+            v = ciphertext_values(m.payload["ct"], public_key)
+        else:
+            v = np.asarray(m.payload["dp"], dtype=np.float64)
+        cols.append(np.asarray(v, dtype=np.float64).reshape(len(rows), -1))
+    if not cols:
+        return float("nan")
+    ys = np.asarray([_label_of(labels, i) for i in rows])
+    return direction_scoring_auc(np.concatenate(cols, axis=1), ys)
+
+
 def gram_recovery_error(
     log: Sequence[tuple], features: np.ndarray, n_train: int, width: int, tx,
     *, everywhere: bool,
