@@ -31,6 +31,7 @@ from vfl.deploy.preflight import check_superlink
 FACTORIES = {
     "vertical": "vfl.vertical.deployed:make_party",
     "horizontal": "horizontal.deployed:make_client",
+    "cox": "vfl.survival.deployed:make_party",
 }
 
 
@@ -93,7 +94,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--data", required=True, help="its CSV or Parquet file")
     p.add_argument("--id-column", required=True, help="the patient identifier column")
     p.add_argument("--label-column", default=None,
-                   help="the label column (vertical: only the active party has one)")
+                   help="the label column (vertical: only the active party has one; cox: "
+                   "the hospital's TIME,EVENT columns, e.g. time,censor)")
     p.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink Fleet address")
     p.add_argument("--root-certificates", default=None, help="CA certificate (PEM) for TLS")
     p.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")

@@ -27,6 +27,7 @@ from vfl.deploy.transport import FlowerTransport
 JOBS = {
     "vertical": "vfl.vertical.deployed:run_job",
     "horizontal": "horizontal.deployed:run_job",
+    "cox": "vfl.survival.deployed:run_job",
 }
 
 app = ServerApp()

@@ -126,6 +126,21 @@ class VerticalCox:
         self.fitted: VerticalCoxFit | None = None
 
     @classmethod
+    def over(cls, transport, active: str, passives: list[str],
+             config: CoxConfig | None = None) -> VerticalCox:
+        """A fit whose parties live elsewhere (a deployment: each on its own node), reached
+        only through ``transport``; each party saves its own model."""
+        fed = cls.__new__(cls)
+        fed.config = config or CoxConfig()
+        fed.transport = transport
+        fed.coordinator = Coordinator(transport)
+        fed.parties = {}
+        fed.active, fed.passives = active, list(passives)
+        fed.alignment = None
+        fed.fitted = None
+        return fed
+
+    @classmethod
     def from_dataset(cls, dataset, config: CoxConfig | None = None, **kw) -> VerticalCox:
         if dataset.task != "survival":
             raise ConfigError(
