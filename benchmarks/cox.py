@@ -30,7 +30,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.markdown_doc import markers, section, table_head, write_section
+from benchmarks.markdown_doc import (
+    add_output_flags,
+    emit,
+    markers,
+    section,
+    table_head,
+    write_section,
+)
 from vfl.core.table import PartyTable
 from vfl.survival.config import CoxConfig
 from vfl.survival.federated import VerticalCox
@@ -187,9 +194,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true",
                     help="1024-bit test key, 500 patients only (under a minute)")
     ap.add_argument("--rows", type=int, nargs="*", default=[500, 5000])
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--markdown", help="rewrite this file's Cox section")
-    ap.add_argument("--from-json", help="do not measure: load results from this JSON")
+    add_output_flags(ap, "Cox")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
     args = ap.parse_args(argv)
     console = Console(highlight=False)
@@ -208,13 +213,7 @@ def main(argv=None) -> dict:
             res["profile_rows"] = rows[0]
             res["profile"] = profile_row(rows[0], key_bits)
         res["benchmark_seconds"] = time.perf_counter() - started
-    print_rows(res, console)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    if args.markdown:
-        write_markdown(res, args.markdown)
-        console.print(f"wrote {args.markdown}")
-    return res
+    return emit(res, args, console, lambda r: print_rows(r, console), write_markdown)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,14 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks.markdown_doc import markers, section, table_head, write_section  # noqa: E402
+from benchmarks.markdown_doc import (  # noqa: E402
+    add_output_flags,
+    emit,
+    markers,
+    section,
+    table_head,
+    write_section,
+)
 from vfl.deploy.local import LocalFederation  # noqa: E402
 
 MD_BEGIN, MD_END = markers("deployment")
@@ -272,9 +279,7 @@ def main(argv=None) -> dict:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="fewer rounds and 1024-bit test keys (CI and a first look)")
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--markdown", help="rewrite this file's deployment section")
-    ap.add_argument("--from-json", help="do not measure: load results from this JSON")
+    add_output_flags(ap, "deployment")
     ap.add_argument("--modes", default="plain,paillier,horizontal",
                     help="comma-separated: plain, paillier, horizontal")
     args = ap.parse_args(argv)
@@ -297,13 +302,7 @@ def main(argv=None) -> dict:
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                           f"Python {platform.python_version()}",
                "rows": rows}
-    print_rows(res["rows"], console)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    if args.markdown:
-        write_markdown(res, args.markdown)
-        console.print(f"wrote {args.markdown}")
-    return res
+    return emit(res, args, console, lambda r: print_rows(r["rows"], console), write_markdown)
 
 
 if __name__ == "__main__":

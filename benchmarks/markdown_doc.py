@@ -41,3 +41,25 @@ def write_section(path: str, begin: str, end: str, text: str) -> None:
     else:
         doc = doc.rstrip() + "\n\n" + text + "\n"
     Path(path).write_text(doc)
+
+
+def add_output_flags(ap, section: str) -> None:
+    """The flags every benchmark shares: ``--json``, ``--markdown`` (rewrite ``section`` of
+    that file) and ``--from-json`` (print and write from an earlier run, no measuring)."""
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--markdown", help=f"rewrite this file's {section} section")
+    ap.add_argument("--from-json", help="do not measure: load results from this JSON")
+
+
+def emit(res: dict, args, console, show, write_markdown, *, json_default=None) -> dict:
+    """Print ``res`` (``show(res)``), then write the JSON and the markdown section the
+    flags ask for; returns ``res``."""
+    import json
+
+    show(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=json_default))
+    if args.markdown:
+        write_markdown(res, args.markdown)
+        console.print(f"wrote {args.markdown}")
+    return res

@@ -65,7 +65,14 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks.markdown_doc import markers, section, table_head, write_section  # noqa: E402
+from benchmarks.markdown_doc import (  # noqa: E402
+    add_output_flags,
+    emit,
+    markers,
+    section,
+    table_head,
+    write_section,
+)
 from horizontal.secagg import masks, shamir  # noqa: E402
 from horizontal.secagg import protocol as P  # noqa: E402
 from horizontal.secagg.config import SecAggConfig  # noqa: E402
@@ -568,9 +575,7 @@ def main(argv=None) -> dict:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="fewer rounds, no 500 x 1M cell, fewer Flower cells (a few minutes)")
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--markdown", help="rewrite this file's SecAgg+ section")
-    ap.add_argument("--from-json", help="do not measure: load results from this JSON")
+    add_output_flags(ap, "SecAgg+")
     ap.add_argument("--clients", type=int, nargs="*", default=list(CLIENTS))
     ap.add_argument("--params", type=int, nargs="*", default=list(PARAMS))
     ap.add_argument("--no-flower", action="store_true", help="skip Flower's SecAgg+")
@@ -583,13 +588,8 @@ def main(argv=None) -> dict:
         res = json.loads(Path(args.from_json).read_text())
     else:
         res = measure(args, console)
-    print_rows(res, console)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=_plain))
-    if args.markdown:
-        write_markdown(res, args.markdown)
-        console.print(f"wrote {args.markdown}")
-    return res
+    return emit(res, args, console, lambda r: print_rows(r, console), write_markdown,
+                json_default=_plain)
 
 
 def measure(args, console: Console) -> dict:

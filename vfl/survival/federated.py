@@ -31,11 +31,12 @@ from vfl.core.progress import progress_bar
 from vfl.core.rounds import request_erasure
 from vfl.core.table import PartyTable
 from vfl.core.transport import InMemoryTransport
-from vfl.psi import PSIResult, run_psi
+from vfl.psi import PSIResult
 from vfl.survival.config import CoxConfig
 from vfl.survival.errors import CoxConvergenceError
 from vfl.survival.parties import CoxActiveParty, CoxPassiveParty
 from vfl.vertical.config import SecurityPolicy
+from vfl.vertical.federation import AlignedParties
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -99,7 +100,7 @@ def _bytes(transcript) -> int:
     return int(sum(e.bytes for e in transcript))
 
 
-class VerticalCox:
+class VerticalCox(AlignedParties):
     """A vertical Cox fit in one process: parties on an in-memory transport plus a
     coordinator (the same party objects a deployment runs; every message is serialized)."""
 
@@ -148,20 +149,7 @@ class VerticalCox:
                 "label='survival' for a Cox model")
         return cls(dataset.tables, dataset.active, config, **kw)
 
-    @property
-    def names(self) -> list[str]:
-        return [self.active, *self.passives]
-
-    @property
-    def transcript(self):
-        return self.transport.transcript
-
     # -- protocol ---------------------------------------------------------------------------
-    def align(self, *, progress: bool = False) -> PSIResult:
-        """Private set intersection over every party (each keeps the aligned order)."""
-        self.alignment = run_psi(self.coordinator, self.names, progress=progress)
-        return self.alignment
-
     def setup(self) -> dict:
         c = self.coordinator
         base = {"config": self.config.to_json(), "active": self.active}

@@ -18,7 +18,32 @@ from vfl.vertical.config import SecurityPolicy
 from vfl.vertical.parties import ActiveParty, PassiveParty, TrainingParty
 
 
-class Federation:
+class AlignedParties:
+    """Parties reached through one transport by a coordinator: their names (the active party
+    first), the transcript, and private set intersection over all of them. Shared by the
+    split-learning :class:`Federation` and the vertical Cox fit."""
+
+    active: str
+    passives: list[str]
+    transport: InMemoryTransport
+    coordinator: Coordinator
+    alignment: PSIResult | None
+
+    @property
+    def names(self) -> list[str]:
+        return [self.active, *self.passives]
+
+    @property
+    def transcript(self):
+        return self.transport.transcript
+
+    def align(self, *, progress: bool = False) -> PSIResult:
+        """Private set intersection over every party; each party keeps the aligned order."""
+        self.alignment = run_psi(self.coordinator, self.names, progress=progress)
+        return self.alignment
+
+
+class Federation(AlignedParties):
     def __init__(self, parties: list[TrainingParty], transport: InMemoryTransport | None = None):
         actives = [p for p in parties if isinstance(p, ActiveParty)]
         if len(actives) != 1:
@@ -67,19 +92,6 @@ class Federation:
     @classmethod
     def from_dataset(cls, dataset, *, policy: SecurityPolicy | None = None) -> Federation:
         return cls.from_tables(dataset.tables, dataset.active, policy=policy)
-
-    @property
-    def names(self) -> list[str]:
-        return [self.active, *self.passives]
-
-    @property
-    def transcript(self):
-        return self.transport.transcript
-
-    def align(self, *, progress: bool = False) -> PSIResult:
-        """Private set intersection over every party; each party keeps the aligned order."""
-        self.alignment = run_psi(self.coordinator, self.names, progress=progress)
-        return self.alignment
 
     def reuse_alignment(self, other: Federation) -> None:
         """Simulation shortcut: the same parties already ran PSI in ``other``; each party
