@@ -222,7 +222,8 @@ class VerticalCox(AlignedParties):
         that never saw them)."""
         ids = [str(i) for i in ids]
         acks = request_erasure(self.coordinator, {p: ids for p in self.names})
-        self.alignment = None
+        # Each party drops the erased ids from its own aligned ids (data.erase): the rest is
+        # the intersection of the remaining tables, so PSI need not run again.
         self.fitted = None
         self.fit(progress=progress)
         return acks

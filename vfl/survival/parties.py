@@ -62,7 +62,12 @@ from vfl.crypto import (
 )
 from vfl.survival.config import CoxConfig
 from vfl.survival.cox import breslow_baseline, risk_sets, survival_function
-from vfl.survival.errors import BrierTimesError, CensoringSupportError, CoxConvergenceError
+from vfl.survival.errors import (
+    BrierTimesError,
+    CensoringSupportError,
+    CollinearFeaturesError,
+    CoxConvergenceError,
+)
 from vfl.survival.labels import check_features, survival_labels
 from vfl.survival.metrics import brier_times, c_index, integrated_brier
 from vfl.survival.subspace import Directions, SubspaceNewton
@@ -131,7 +136,10 @@ class _CoxParty(TrainingParty):
         if len(self.train_rows.ids) < 2:
             raise ProtocolError(f"{self.name!r} has fewer than 2 training rows after the split")
         # Each party refuses its own dependent or constant columns (it alone can see them).
-        check_features(self.train_rows.features, list(self.table.columns))
+        try:
+            check_features(self.train_rows.features, list(self.table.columns))
+        except CollinearFeaturesError as exc:
+            raise CollinearFeaturesError(f"{self.name!r}: {exc}") from None
         self.scaler = _unclipped(Standardizer.fit(self.train_rows.features),
                                  self.train_rows.features)
         # The same 2^-20 grid as every vertical protocol: plain and paillier see identical
@@ -457,8 +465,9 @@ class CoxActiveParty(_CoxParty):
                 f"expected {expected} packed ciphertexts from {msg.sender!r}, got {enc.shape}; "
                 "the key holder decrypts only the count fixed at setup")
         values = decrypt_packed(sk, enc, _RELEASE_LAYOUT, count)
+        # V + R and Z + R: the passive's own released values under its uniform masks
         return [self.send(msg.sender, "cox.unmasked", Label.MASKED,
-                          {"values": [int(v) for v in values]})]
+                          {"values": [int(v) for v in values]}, label_dependent=True)]
 
     # -- evaluation -----------------------------------------------------------------------------
     @handles("cox.predict_embedding")
