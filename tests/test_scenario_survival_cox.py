@@ -52,12 +52,14 @@ def test_survival_cox_quick_end_to_end(tmp_path):
     assert result["erasure"]["erased"] == 5 and result["erasure"]["equal_to_retrain"] is True
     assert result["collinearity"]["refused"] is True
     assert "txgrp" in result["collinearity"]["message"]
-    # under paillier a passive receives label-dependent values only as ciphertexts
+    # under paillier a passive receives label-dependent values only as ciphertexts, and its
+    # own release under its masks
     view = result["transcript"]
     assert view["label_dependent_only_ciphertext"] is True
     for rows in view["parties"].values():
         dependent = {(r["kind"], r["label"]) for r in rows if r["label_dependent"]}
-        assert dependent == {("cox.update", "ciphertext"), ("cox.release_factor", "ciphertext")}
+        assert dependent == {("cox.update", "ciphertext"), ("cox.release_factor", "ciphertext"),
+                             ("cox.unmasked", "masked")}
     assert set(result["rounds"]) >= {"trial", "adjusted"} and result["rounds"]["trial"] <= 2
     assert "1. trial hazard ratio" in proc.stdout
     assert "0.50" in (out / "report.md").read_text()
