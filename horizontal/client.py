@@ -91,11 +91,13 @@ class HospitalClient(SecureClient, Party):
 
     def __init__(self, name: str, table: PartyTable, executor: LocalExecutor,
                  server: str = SERVER, *, dp_secret: str | bytes | None = None,
-                 policy: PrivacyPolicy | None = None):
+                 policy: PrivacyPolicy | None = None, privacy_account=None):
         super().__init__(name)
         # The operator's own privacy minimum (never from the wire) and the epsilon this
-        # hospital has spent on its rows, by its own account (horizontal.privacy_policy).
-        self.privacy = PrivacyAccount(policy if policy is not None else PrivacyPolicy())
+        # hospital has spent on its rows, by its own account (horizontal.privacy_policy),
+        # kept in ``privacy_account`` (a file on its own disk) when given.
+        self.privacy = PrivacyAccount.at(policy if policy is not None else PrivacyPolicy(),
+                                         privacy_account)
         # Differential privacy samples rows and draws noise with a secret only this
         # hospital holds (party-local config: never in a message or a checkpoint). Its
         # operator may pin one; otherwise it is os.urandom (horizontal.dp.ledger).

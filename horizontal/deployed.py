@@ -55,6 +55,10 @@ TO_SERVER = frozenset(k for k, role in FedServer.SENDERS.items() if role != "coo
 
 
 # -- the node ---------------------------------------------------------------------------------
+#: The hospital's privacy account (horizontal.privacy_policy.PrivacyAccount), in its --out.
+PRIVACY_ACCOUNT_FILE = "privacy_account.json"
+
+
 def privacy_policy(options: dict) -> PrivacyPolicy:
     """The hospital's own privacy minimum from its node's command line (never the wire)."""
     return PrivacyPolicy(
@@ -82,8 +86,11 @@ def make_client(options: dict):
     if secret_file and not Path(secret_file).is_file():
         raise ConfigError(f"--dp-secret-file {secret_file}: no such file")
     secret = Path(secret_file).read_text().strip() if secret_file else None
+    # The epsilon this hospital has spent persists on its own disk across node restarts.
+    account = Path(options["out"]) / PRIVACY_ACCOUNT_FILE if options.get("out") else None
     client = HospitalClient(options["party"], table, LocalExecutor("loop"), server=COORDINATOR,
-                            dp_secret=secret, policy=privacy_policy(options))
+                            dp_secret=secret, policy=privacy_policy(options),
+                            privacy_account=account)
     return client, save_state
 
 

@@ -20,8 +20,8 @@ What the hospital verifies itself, and why only that:
 * **Differential privacy** (``max_epsilon``, ``max_delta``): only *record-level* DP counts.
   There the hospital draws its batches and adds its noise itself, with its own secret, so
   it can account for what it releases: it computes the epsilon of every round it has
-  released on this data since the node started (:class:`PrivacyAccount`, all setups
-  composed) plus the rounds the new setup plans, with its own accountant, at the setup's
+  released on this data (:class:`PrivacyAccount`, all setups composed, kept on its own
+  disk across restarts) plus the rounds the new setup plans, with its own accountant, at the setup's
   delta, and refuses above ``max_epsilon``. It then trains at most ``config.rounds`` rounds
   per setup, whatever the server asks. Client-level DP is refused under ``max_epsilon``:
   its noise is added by the server (or, under SecAgg+, split over all clients), which this
@@ -33,14 +33,17 @@ What the hospital verifies itself, and why only that:
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import dp_accounting
 
 from horizontal.dp.accounting import ACCOUNTANTS, _quiet_absl, epsilon
 from horizontal.dp.ledger import RecordPlan
 from horizontal.errors import FedConfigError, PrivacyPolicyError
+from vfl.core.fileio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,10 @@ class PrivacyAccount:
 
     ``released`` holds one ``(plan, rounds)`` per earlier setup (the rounds it trained
     under that plan); ``plan``/``trained`` are the current setup's. Rounds are charged when
-    local DP-SGD starts, as anything trained may be released. In memory: a restarted node
-    starts a fresh account (its operator restarts the federation's budget with it).
+    local DP-SGD starts, as anything trained may be released. A deployed hospital keeps the
+    account in a file on its own disk (:meth:`at`; ``vfl deploy node`` uses
+    ``OUT/privacy_account.json``), written atomically at every setup and every charge, so a
+    restarted node goes on from what it has spent.
     """
 
     policy: PrivacyPolicy
@@ -151,6 +156,37 @@ class PrivacyAccount:
     plan: RecordPlan | None = None
     rounds: int = 0
     trained: int = 0
+    #: where the account persists (a node's own disk), or None (in memory only)
+    path: Path | None = None
+
+    # -- persistence (party-local: the hospital's own disk) -------------------------------------
+    @classmethod
+    def at(cls, policy: PrivacyPolicy, path: str | Path | None) -> PrivacyAccount:
+        """The account kept in ``path`` (read back if the file exists), so a restarted node
+        keeps spending from where it stopped; in memory when ``path`` is None."""
+        account = cls(policy, path=None if path is None else Path(path))
+        if account.path is not None and account.path.is_file():
+            try:
+                tree = json.loads(account.path.read_text())
+                account.released = [(RecordPlan(**p), int(n)) for p, n in tree["released"]]
+                if tree.get("plan") is not None:
+                    account.plan = RecordPlan(**tree["plan"])
+                account.rounds, account.trained = int(tree["rounds"]), int(tree["trained"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise PrivacyPolicyError(
+                    f"the privacy account {account.path} cannot be read ({exc}); it records "
+                    "the epsilon this hospital has spent, so the node does not start without "
+                    "it. Restore it from a backup; delete it only if no round was released"
+                ) from None
+        return account
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tree = {"released": [[asdict(p), n] for p, n in self.released],
+                "plan": None if self.plan is None else asdict(self.plan),
+                "rounds": self.rounds, "trained": self.trained}
+        atomic_write(self.path, json.dumps(tree, sort_keys=True))
 
     def _close(self) -> None:
         if self.plan is not None and self.trained:
@@ -190,6 +226,7 @@ class PrivacyAccount:
                 "noise")
         self._close()
         self.plan, self.rounds = plan, int(config.rounds)
+        self._save()
         return planned
 
     def charge_round(self, round: int, party: str) -> None:
@@ -202,3 +239,4 @@ class PrivacyAccount:
                 f"policy accounted for; round {round} is refused (set up the federation again "
                 "to plan more rounds)")
         self.trained += 1
+        self._save()  # before the round trains: anything trained may be released

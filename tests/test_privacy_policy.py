@@ -190,3 +190,33 @@ def test_node_command_line_builds_the_policy():
     default = build_parser().parse_args(["--party", "h", "--data", "h.csv", "--id-column", "id"])
     assert privacy_policy(vars(default)) == PrivacyPolicy()
     assert dataclasses.asdict(PrivacyPolicy())["release_scores"] is True
+
+
+def test_the_account_survives_a_node_restart(tmp_path):
+    """A deployed hospital keeps its account on its own disk: a restarted node (a new
+    client over the same file) goes on from what it has spent; a damaged file stops it."""
+    config = FedConfig(**SMALL, rounds=2, test_fraction=0.0, dp=DPConfig(noise_multiplier=1.2))
+    one = _epsilon(config, 80, 2)
+    policy = PrivacyPolicy(max_epsilon=1.05 * one)
+    path = tmp_path / "hospital_0" / "privacy_account.json"
+    table = make_hospitals(sizes=(80,))["hospital_0"]
+    setup = Message("server", "hospital_0", "setup", Label.PUBLIC,
+                    {"config": config.to_json(), "columns": list(table.columns)})
+    client = HospitalClient("hospital_0", table, LocalExecutor("loop"), policy=policy,
+                            privacy_account=path)
+    client.handle(setup)
+    client.handle(Message("server", "hospital_0", "setup.scaler", Label.PUBLIC,
+                          {"mean": np.zeros(5), "scale": np.ones(5)}))
+    w = np.zeros(client.model.size, np.float32)
+    for r in range(2):
+        client.handle(Message("server", "hospital_0", "fit", Label.PUBLIC, {"global": w},
+                              round=r))
+    restarted = HospitalClient("hospital_0", table, LocalExecutor("loop"), policy=policy,
+                               privacy_account=path)
+    assert restarted.privacy.lifetime_epsilon(delta=1e-5) == pytest.approx(one, rel=1e-9)
+    with pytest.raises(PrivacyPolicyError, match="2 rounds released before"):
+        restarted.handle(setup)
+    path.write_text("{not json")
+    with pytest.raises(PrivacyPolicyError, match="cannot be read"):
+        HospitalClient("hospital_0", table, LocalExecutor("loop"), policy=policy,
+                       privacy_account=path)
