@@ -23,14 +23,21 @@ import json
 import os
 import platform
 import pstats
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from rich.console import Console
-from rich.table import Table
+# Run as a script (python benchmarks/cox.py) as well as a module: the repository root on
+# the path instead of this folder.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
-from benchmarks.markdown_doc import (
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.markdown_doc import (  # noqa: E402
     add_output_flags,
     emit,
     markers,
@@ -38,10 +45,10 @@ from benchmarks.markdown_doc import (
     table_head,
     write_section,
 )
-from vfl.core.table import PartyTable
-from vfl.survival.config import CoxConfig
-from vfl.survival.federated import VerticalCox
-from vfl.vertical.config import SecurityPolicy
+from vfl.core.table import PartyTable  # noqa: E402
+from vfl.survival.config import CoxConfig  # noqa: E402
+from vfl.survival.federated import VerticalCox  # noqa: E402
+from vfl.vertical.config import SecurityPolicy  # noqa: E402
 
 VERTICOX = {500: 245.0, 5000: 15200.0}  # seconds, as published (their hardware)
 BLOCKS = {

@@ -44,7 +44,7 @@ from vfl.core.errors import (
 )
 from vfl.core.fileio import atomic_write
 from vfl.core.messages import COORDINATOR, Message
-from vfl.core.rounds import request_erasure, state_tree
+from vfl.core.rounds import erase_for_job, state_tree
 from vfl.core.table import PartyTable
 from vfl.core.transcript import TranscriptEntry
 
@@ -229,14 +229,7 @@ def run_job(transport, config: dict, log=print) -> dict:
         )
     fed = FedConfig.from_json(config["train"])
     side = ServerSide(transport)
-    erased = {}
-    if config.get("erase"):
-        # An erasure request reaches every hospital's node as data.erase (each deletes the
-        # rows it holds and acknowledges); the replay is an exact retrain through the same
-        # deployment. Every hospital learns the pseudonymous ids asked for.
-        ids = [str(i) for i in config["erase"]]
-        erased = request_erasure(Coordinator(transport), {c: ids for c in clients})
-        log("erased at " + ", ".join(f"{c} ({a['deleted']} rows)" for c, a in erased.items()))
+    erased = erase_for_job(Coordinator(transport), clients, config, log)
     trainer = FederatedTrainer.over(side, clients, fed, columns=columns)
     log(f"setting up {len(clients)} clients")
     trainer.ensure_setup()

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import dp_accounting
 
-from horizontal.dp.accounting import ACCOUNTANTS, _quiet_absl, epsilon
+from horizontal.dp.accounting import ACCOUNTANTS, epsilon, quiet_accountant
 from horizontal.dp.ledger import RecordPlan
 from horizontal.errors import FedConfigError, PrivacyPolicyError
 from vfl.core.fileio import atomic_write
@@ -205,7 +205,7 @@ class PrivacyAccount:
             return 0.0
         events = [plan.event(n) for plan, n in parts]
         event = events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
-        with _quiet_absl():  # the RDP accountant's notes on the orders it drops
+        with quiet_accountant():  # the RDP accountant's notes on the orders it drops
             return epsilon(event, delta, self.policy.accountant)
 
     def open(self, config, plan: RecordPlan | None, party: str) -> float | None:

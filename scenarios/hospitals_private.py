@@ -28,11 +28,9 @@ Outputs in --out: report.md, auc_epsilon.png, cost.png, result.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import hashlib
 import json
-import logging
 import math
 import sys
 import time
@@ -43,6 +41,7 @@ import numpy as np
 from horizontal import FedConfig
 from horizontal.checkpointing import HorizontalAdapter, UnlearnableFedTrainer, horizontal_spec
 from horizontal.dp import DPConfig, client_plan, epsilon, record_plan
+from horizontal.dp.accounting import quiet_accountant
 from horizontal.dp.ledger import secure_min_survivors
 from horizontal.secagg.config import SecAggConfig
 from scenarios import hospitals_fedavg
@@ -118,19 +117,6 @@ class SharedShadows(HorizontalAdapter):
         done = trainer.completed_round >= trainer.config.rounds - 1
         if not done or on_checkpoint is not None or resume is not None:
             super().fit(model, trainer, on_checkpoint, resume)
-
-
-@contextlib.contextmanager
-def _quiet_accountant():
-    """The RDP accountant logs a warning for each Rényi order it drops while σ is searched
-    (expected, and it says nothing to the reader)."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def time_accountant(trainer) -> list[float]:
@@ -253,7 +239,7 @@ def settings(base: FedConfig, sizes: dict[str, int], targets: list[float]) -> li
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     try:
-        with _quiet_accountant():
+        with quiet_accountant():
             return _main(args)
     finally:
         _SHADOWS.clear()

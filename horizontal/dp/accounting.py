@@ -438,9 +438,10 @@ def _calibrate(make_event: Callable, budget: PrivacyBudget, bracket, *, discrete
 
 
 @contextlib.contextmanager
-def _quiet_absl():
-    """The RDP accountant logs a warning for every Rényi order it drops while a hint is
-    searched; those are expected there and say nothing to the user."""
+def quiet_accountant():
+    """The RDP accountant logs (through absl) a warning for every Rényi order it drops
+    while a plan is checked or a hint searched; those are expected and say nothing to the
+    user, so callers silence them here."""
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -452,7 +453,7 @@ def _quiet_absl():
 
 def _fitting_plans(budget: PrivacyBudget, steps: int, q: float, sigma: float) -> str:
     """Which single change of the plan would fit the budget (RDP, conservative)."""
-    with _quiet_absl():
+    with quiet_accountant():
         return _fitting_plans_impl(budget, steps, q, sigma)
 
 

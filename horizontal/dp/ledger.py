@@ -52,10 +52,10 @@ from horizontal.dp.accounting import (
     BudgetGuard,
     GuardState,
     PrivacyBudget,
-    _quiet_absl,
     adaptive_clipping_value_noise,
     fixed_size_gaussian_event,
     gaussian_event,
+    quiet_accountant,
 )
 from horizontal.dp.config import DPConfig
 from horizontal.dp.dpsgd import poisson_capacity
@@ -240,7 +240,7 @@ class PrivacyLedger:
         """The planned epsilons, or :class:`~horizontal.dp.errors.PlannedBudgetExceededError`
         (naming the party) if any exceeds the budget. Public numbers only: call it before
         any data is used."""
-        with _quiet_absl():  # the RDP accountant's notes on the orders it drops
+        with quiet_accountant():  # the RDP accountant's notes on the orders it drops
             return self._check_plans(plans, rounds)
 
     def _check_plans(self, plans: dict, rounds: int) -> dict[str, float]:
@@ -276,7 +276,7 @@ class PrivacyLedger:
         """Every listed party's state after one more round, computed *before* the round;
         :class:`~horizontal.dp.errors.BudgetExhaustedError` if any would exceed the budget
         (nothing is charged then)."""
-        with _quiet_absl():
+        with quiet_accountant():
             return self._precheck(names)
 
     def _precheck(self, names) -> dict[str, GuardState]:

@@ -265,6 +265,19 @@ def request_erasure(coordinator, held: dict[str, list[str]]) -> dict[str, dict]:
     return acks
 
 
+def erase_for_job(coordinator, parties, config: dict, log=print) -> dict:
+    """A deployed job's ``erase`` (patient ids in its config): every party's node deletes
+    its rows of them and acknowledges (:func:`request_erasure`; every party learns the
+    pseudonymous ids asked for), logged; the job then retrains through the same deployment,
+    an exact erasure. ``{}`` when the config asks for none."""
+    if not config.get("erase"):
+        return {}
+    ids = [str(i) for i in config["erase"]]
+    acks = request_erasure(coordinator, {p: ids for p in parties})
+    log("erased at " + ", ".join(f"{p} ({a['deleted']} rows)" for p, a in acks.items()))
+    return acks
+
+
 class SetupOnce(ABC):
     """What both trainers share about setup: it runs once, and :meth:`ensure_setup` runs it
     only when it has not run (``setup`` itself sets ``_setup_done``)."""

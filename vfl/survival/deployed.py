@@ -20,7 +20,7 @@ import numpy as np
 from vfl.core import wire
 from vfl.core.errors import ConfigError, ProtocolError
 from vfl.core.fileio import atomic_write
-from vfl.core.rounds import request_erasure
+from vfl.core.rounds import erase_for_job
 from vfl.core.table import PartyTable
 from vfl.survival.config import CoxConfig
 from vfl.survival.federated import VerticalCox
@@ -76,11 +76,7 @@ def run_job(transport, config: dict, log=print) -> dict:
         raise ConfigError(f"active party {active!r} is not among the parties {parties}")
     cox = CoxConfig.from_json(config.get("train", {}))
     fed = VerticalCox.over(transport, active, [p for p in parties if p != active], cox)
-    erased = {}
-    if config.get("erase"):
-        ids = [str(i) for i in config["erase"]]
-        erased = request_erasure(fed.coordinator, {p: ids for p in parties})
-        log("erased at " + ", ".join(f"{p} ({a['deleted']} rows)" for p, a in erased.items()))
+    erased = erase_for_job(fed.coordinator, parties, config, log)
     log(f"aligning {len(parties)} parties (PSI)")
     aligned = fed.align().size
     log(f"{aligned} patients aligned; fitting ({cox.protocol})")

@@ -19,6 +19,7 @@ integer arithmetic, so their coefficients agree bitwise.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,9 +62,8 @@ class Coefficient:
 
     @property
     def p_value(self) -> float:
-        from math import erfc, sqrt
-
-        return float(erfc(abs(self.coef / self.se) / sqrt(2))) if self.se > 0 else 0.0
+        """The Wald test's two-sided p-value."""
+        return float(math.erfc(abs(self.coef / self.se) / math.sqrt(2))) if self.se > 0 else 0.0
 
     def to_json(self) -> dict:
         lo, hi = self.ci
@@ -202,8 +202,8 @@ class VerticalCox(AlignedParties):
             for col, b, s in zip(rep["columns"], rep["coef"], se):
                 coefficients.append(Coefficient(name, str(col), float(b), float(s)))
         self.fitted = VerticalCoxFit(coefficients, float(final.payload["loss"]), len(history),
-                                     history, seconds=time.perf_counter() - t0)
-        self.fitted.bytes = _bytes(self.transcript) - bytes0
+                                     history, seconds=time.perf_counter() - t0,
+                                     bytes=_bytes(self.transcript) - bytes0)
         return self.fitted
 
     def evaluate(self, split: str = "test") -> dict:

@@ -125,6 +125,18 @@ def quantize_dual(change: np.ndarray) -> np.ndarray:
 class _CoxParty(TrainingParty):
     """Setup shared by both sides: the keyed split, own-column checks, scaling."""
 
+    #: whether this role holds the outcome (times and events): the hospital only
+    HOLDS_OUTCOME = False
+
+    def __init__(self, name: str, table: PartyTable, *, policy: SecurityPolicy | None = None):
+        if table.has_labels != self.HOLDS_OUTCOME:
+            raise ProtocolError(
+                f"the hospital {name!r} needs the (time, event) outcome; build its table with "
+                "the survival labels" if self.HOLDS_OUTCOME else
+                f"passive party {name!r} was given the outcome column {table.label_name!r}; "
+                "only the hospital may hold times and events (table.without_labels())")
+        super().__init__(name, table, policy=policy)
+
     def _setup_rows(self, msg: Message) -> CoxConfig:
         self._expect(msg, COORDINATOR)
         config = CoxConfig.from_json(msg.payload.get("config"))
@@ -176,13 +188,6 @@ class _CoxParty(TrainingParty):
 
 class CoxPassiveParty(_CoxParty):
     """A feature holder without times or events (the lab, the pharmacy)."""
-
-    def __init__(self, name: str, table: PartyTable, *, policy: SecurityPolicy | None = None):
-        if table.has_labels:
-            raise ProtocolError(
-                f"passive party {name!r} was given the outcome column {table.label_name!r}; "
-                "only the hospital may hold times and events (table.without_labels())")
-        super().__init__(name, table, policy=policy)
 
     @handles("cox.setup")
     def on_setup(self, msg: Message) -> list[Message]:
@@ -305,12 +310,7 @@ class CoxActiveParty(_CoxParty):
     """The hospital: its own covariates, every patient's follow-up time and event, and the
     Paillier key. It runs the optimizer (:class:`~vfl.survival.subspace.SubspaceNewton`)."""
 
-    def __init__(self, name: str, table: PartyTable, *, policy: SecurityPolicy | None = None):
-        if not table.has_labels:
-            raise ProtocolError(
-                f"the hospital {name!r} needs the (time, event) outcome; build its table with "
-                "the survival labels")
-        super().__init__(name, table, policy=policy)
+    HOLDS_OUTCOME = True
 
     @handles("cox.setup")
     def on_setup(self, msg: Message) -> list[Message]:
@@ -324,6 +324,7 @@ class CoxActiveParty(_CoxParty):
         self._keyring = None
         self._inbox: dict[str, np.ndarray] = {}
         self._predict: dict[str, np.ndarray] = {}
+        self._release_counts: dict[str, int] = {}  # what each passive's unmask may hold
         ready = self._ready()
         if config.protocol == "paillier":
             self.policy.check_key_bits(config.key_bits, self.name)
@@ -427,7 +428,6 @@ class CoxActiveParty(_CoxParty):
         opt = self.optimizer
         own_cov, blocks = opt.covariance()
         out = []
-        self._release_counts = {}
         for name in self.passives:
             factor = opt.release_factor(name, blocks[name])
             # Large standard errors (nearly collinear columns) make a large factor: send it
@@ -454,7 +454,7 @@ class CoxActiveParty(_CoxParty):
     def on_unmask(self, msg: Message) -> list[Message]:
         """Decrypt exactly the masked count fixed for this passive (its ``V`` and ``Z``)."""
         self._expect(msg, *self.passives)
-        count = getattr(self, "_release_counts", {}).pop(msg.sender, None)
+        count = self._release_counts.pop(msg.sender, None)
         if count is None or self._keyring is None:
             raise ProtocolError(f"no release is pending for {msg.sender!r}")
         sk = self._keyring.private_key

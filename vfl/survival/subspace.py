@@ -147,13 +147,13 @@ class SubspaceNewton:
 
     def basis(self) -> tuple[np.ndarray, list[tuple[str, slice]]]:
         """``[X_own | images of each passive]`` and where each party's block sits."""
-        blocks, where, start = [self.x_own], [("", slice(0, self.x_own.shape[1]))], 0
+        blocks, where = [self.x_own], [("", slice(0, self.x_own.shape[1]))]
         start = self.x_own.shape[1]
         for name, d in self.passives.items():
             blocks.append(d.images)
             where.append((name, slice(start, start + d.rank)))
             start += d.rank
-        return np.column_stack(blocks) if blocks else np.zeros((len(self.x_own), 0)), where
+        return np.column_stack(blocks), where
 
     # -- one protocol round ---------------------------------------------------------------
     def step(self, embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

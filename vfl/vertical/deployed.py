@@ -18,7 +18,7 @@ from pathlib import Path
 from vfl.core import wire
 from vfl.core.errors import ConfigError
 from vfl.core.fileio import atomic_write
-from vfl.core.rounds import request_erasure, state_tree
+from vfl.core.rounds import erase_for_job, state_tree
 from vfl.core.table import PartyTable
 from vfl.psi import run_psi
 from vfl.vertical.config import PROTOCOLS, SecurityPolicy, TrainConfig
@@ -97,14 +97,8 @@ def run_job(transport, config: dict, log=print) -> dict:
             "optimizers); register custom modules with register_model/register_optimizer"
         )
     fed = Federation.over(transport, active, [p for p in parties if p != active])
-    erased = {}
-    if config.get("erase"):
-        # An erasure request reaches every party's node as data.erase; each deletes the rows
-        # it holds and acknowledges (public counts and the digest of the ids it keeps). The
-        # replay is an exact retrain, through the same deployment, from alignment on.
-        ids = [str(i) for i in config["erase"]]
-        erased = request_erasure(fed.coordinator, {p: ids for p in parties})
-        log("erased at " + ", ".join(f"{p} ({a['deleted']} rows)" for p, a in erased.items()))
+    # The replay after an erasure is an exact retrain, from alignment on.
+    erased = erase_for_job(fed.coordinator, parties, config, log)
     log(f"aligning {len(parties)} parties by PSI")
     alignment = run_psi(fed.coordinator, fed.names)
     log(f"aligned {alignment.size} patients ({transport_waves(transport)} round trips so far)")
